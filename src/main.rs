@@ -1,0 +1,5 @@
+//! The `walship` binary: everything lives in the library; this only hands over.
+
+fn main() -> std::process::ExitCode {
+    walship::cli::main()
+}

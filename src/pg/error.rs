@@ -1,0 +1,68 @@
+//! Errors of the PostgreSQL side.
+
+/// The fields of a PostgreSQL `ErrorResponse` (or `NoticeResponse`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerError {
+    /// `S`: ERROR, FATAL, PANIC (localized form when `V` is absent).
+    pub severity: String,
+    /// `C`: the SQLSTATE code, for example `28P01`.
+    pub code: String,
+    /// `M`: the primary message.
+    pub message: String,
+    /// `D`: optional detail.
+    pub detail: Option<String>,
+    /// `H`: optional hint.
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} (SQLSTATE {})", self.severity, self.message, self.code)?;
+        if let Some(d) = &self.detail {
+            write!(f, "; DETAIL: {d}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "; HINT: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything that can go wrong talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// Connection settings that cannot be used (bad URI, unknown key, bad value).
+    #[error("connection settings: {0}")]
+    Config(String),
+    /// A socket-level failure; `context` says what walship was doing.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, including the host and port.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS could not be set up or the handshake failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Authentication failed on our side (unsupported method, missing password).
+    #[error("authentication: {0}")]
+    Auth(String),
+    /// PostgreSQL answered with an ErrorResponse.
+    #[error("server error: {0}")]
+    Server(ServerError),
+    /// The server sent something the protocol does not allow here.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl PgError {
+    /// The server's error fields, when PostgreSQL reported the error.
+    pub fn server(&self) -> Option<&ServerError> {
+        match self {
+            PgError::Server(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! A real S3 server (s3s-fs) for tests. (Being written.)
