@@ -1,11 +1,17 @@
 //! One module per command, each a thin orchestration of the library modules.
+//! This file maps their outcomes to the exit codes of the interface.
 
 use std::process::ExitCode;
 
 use crate::cli::Command;
 use crate::config::Settings;
 
+pub mod archive_get;
+pub mod archive_push;
 pub mod check;
+pub mod info;
+pub mod init;
+pub mod verify;
 
 /// archive-get's exit code for every failure that must stop recovery (not "not found").
 pub const EXIT_ARCHIVE_GET_FATAL: u8 = 126;
@@ -13,15 +19,32 @@ pub const EXIT_ARCHIVE_GET_FATAL: u8 = 126;
 /// Runs one command and maps its outcome to the exit codes of the interface.
 pub fn run(command: Command, settings: Settings) -> ExitCode {
     let result = match command {
-        Command::Check(args) => runtime().and_then(|rt| rt.block_on(check::run(&settings, &args))),
-        Command::ArchiveGet(_) => {
-            eprintln!("walship: archive-get is not implemented yet");
-            return ExitCode::from(EXIT_ARCHIVE_GET_FATAL);
+        // The hooks run once per segment: a single-threaded runtime starts fastest.
+        Command::ArchivePush(args) => {
+            current_thread().and_then(|rt| rt.block_on(archive_push::run(&settings, &args)))
         }
-        other => Err(anyhow::anyhow!(
-            "{} is not implemented yet",
-            command_name(&other)
-        )),
+        Command::ArchiveGet(args) => {
+            return match current_thread() {
+                Ok(rt) => rt.block_on(archive_get::run(&settings, &args)),
+                Err(e) => {
+                    eprintln!("walship: archive-get {}: {e:#}", args.walfile);
+                    ExitCode::from(EXIT_ARCHIVE_GET_FATAL)
+                }
+            };
+        }
+        Command::Init => multi_thread().and_then(|rt| rt.block_on(init::run(&settings))),
+        Command::Info(args) => {
+            multi_thread().and_then(|rt| rt.block_on(info::run(&settings, &args)))
+        }
+        Command::Verify(args) => {
+            multi_thread().and_then(|rt| rt.block_on(verify::run(&settings, &args)))
+        }
+        Command::Check(args) => {
+            multi_thread().and_then(|rt| rt.block_on(check::run(&settings, &args)))
+        }
+        Command::Stream(_) => Err(anyhow::anyhow!("stream is not implemented yet")),
+        Command::Backup(_) => Err(anyhow::anyhow!("backup is not implemented yet")),
+        Command::Restore(_) => Err(anyhow::anyhow!("restore is not implemented yet")),
     };
     match result {
         Ok(code) => code,
@@ -32,23 +55,14 @@ pub fn run(command: Command, settings: Settings) -> ExitCode {
     }
 }
 
-fn command_name(command: &Command) -> &'static str {
-    match command {
-        Command::Init => "init",
-        Command::ArchivePush(_) => "archive-push",
-        Command::ArchiveGet(_) => "archive-get",
-        Command::Stream(_) => "stream",
-        Command::Backup(_) => "backup",
-        Command::Restore(_) => "restore",
-        Command::Info(_) => "info",
-        Command::Verify(_) => "verify",
-        Command::Check(_) => "check",
-    }
+fn multi_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
-/// A multi-threaded runtime for the commands that do concurrent work.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }
