@@ -67,6 +67,16 @@ pub enum Command {
     /// Check the PostgreSQL connection: replication login, IDENTIFY_SYSTEM, settings,
     /// and optionally stream WAL for a few seconds.
     Check(CheckArgs),
+    /// Internal: archive-get's background read-ahead (started by archive-get itself).
+    #[command(hide = true)]
+    PrefetchWorker(PrefetchWorkerArgs),
+}
+
+/// `prefetch-worker` (internal)
+#[derive(Debug, Args)]
+pub struct PrefetchWorkerArgs {
+    /// The segment just served; the ones after it are fetched.
+    pub after: String,
 }
 
 /// `archive-push`
@@ -217,6 +227,26 @@ pub struct CheckArgs {
 }
 
 impl GlobalArgs {
+    /// The flags as command-line arguments again, for a child walship process
+    /// (none of them carries a secret).
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut out: Vec<std::ffi::OsString> = Vec::new();
+        let mut push = |flag: &str, value: Option<std::ffi::OsString>| {
+            if let Some(v) = value {
+                out.push(flag.into());
+                out.push(v);
+            }
+        };
+        push("--config", self.config.clone().map(Into::into));
+        push("--repo", self.repo.clone().map(Into::into));
+        push("--stanza", self.stanza.clone().map(Into::into));
+        push("--pg", self.pg.clone().map(Into::into));
+        push("--key-file", self.key_file.clone().map(Into::into));
+        push("--compress", self.compress.clone().map(Into::into));
+        push("--log-level", self.log_level.clone().map(Into::into));
+        out
+    }
+
     fn flag_values(&self) -> FlagValues {
         FlagValues {
             config: self.config.clone(),
@@ -246,7 +276,7 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(settings.log_level);
-    crate::cmd::run(cli.command, settings)
+    crate::cmd::run(cli.command, settings, &cli.global)
 }
 
 fn init_logging(level: tracing::Level) {

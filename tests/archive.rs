@@ -223,11 +223,18 @@ struct WalSample {
 }
 
 fn wal_sample() -> WalSample {
+    wal_sample_of(2)
+}
+
+/// At least `n` finished segments.
+fn wal_sample_of(n: usize) -> WalSample {
     let cluster = Cluster::builder().wal_segsize_mb(1).conf("wal_keep_size = '1GB'").start();
     cluster.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 20000) g");
     cluster.psql("SELECT pg_switch_wal()");
-    cluster.psql("INSERT INTO t SELECT g FROM generate_series(1, 20000) g");
-    cluster.psql("SELECT pg_switch_wal()");
+    for _ in 0..n {
+        cluster.psql("INSERT INTO t SELECT g FROM generate_series(1, 20000) g");
+        cluster.psql("SELECT pg_switch_wal()");
+    }
     let dir = cluster.pg_wal_dir();
     let mut names: Vec<String> = fs::read_dir(&dir)
         .unwrap()
@@ -486,4 +493,62 @@ fn s3_server_down_then_back() {
     let o = walship(&["archive-get", &sample.segments[1].0, dest.to_str().unwrap()], &env);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(fs::read(&dest).unwrap() == fs::read(&sample.segments[1].1).unwrap());
+}
+
+#[test]
+fn archive_get_prefetches_and_never_serves_a_bad_spool_entry() {
+    let sample = wal_sample_of(5);
+    let scratch = Scratch::new();
+    let repo = scratch.path("repo");
+    let key = scratch.key_file("key", KEY_HEX);
+    let spool = scratch.path("spool");
+    let mut env = fs_env(&repo, Some(&key));
+    for (_, path) in &sample.segments {
+        assert!(push(path, &env).status.success());
+    }
+    env.push(("WALSHIP_SPOOL", spool.display().to_string()));
+    env.push(("WALSHIP_PREFETCH", "3".to_string()));
+    let seg = |i: usize| sample.segments[i].0.clone();
+    let get = |i: usize, env: &[(&'static str, String)]| {
+        let dest = scratch.path(&format!("got-{}", seg(i)));
+        let o = walship(&["archive-get", &seg(i), dest.to_str().unwrap()], env);
+        assert!(o.status.success(), "archive-get {}: {}", seg(i), stderr(&o));
+        assert!(fs::read(&dest).unwrap() == fs::read(&sample.segments[i].1).unwrap(), "{} differs", seg(i));
+        o
+    };
+
+    get(0, &env);
+    // The worker fills the spool with the next three segments in the background.
+    let spooled = |name: &str| -> Option<PathBuf> {
+        let sub = fs::read_dir(&spool).ok()?.flatten().next()?.path();
+        let p = sub.join(name);
+        p.exists().then_some(p)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (1..=3).any(|i| spooled(&seg(i)).is_none()) {
+        assert!(Instant::now() < deadline, "prefetch did not fill the spool");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A corrupt spool entry is discarded, and the segment read from the repository.
+    let entry = spooled(&seg(1)).unwrap();
+    let mut bytes = fs::read(&entry).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    fs::write(&entry, &bytes).unwrap();
+    // Segment 2 now exists only in the spool: serving it proves the spool is used.
+    fs::remove_file(object_path(&repo, &seg(2))).unwrap();
+    let o = get(1, &env);
+    assert!(stderr(&o).contains("discarded"), "{}", stderr(&o));
+    get(2, &env);
+
+    // An entry that holds another segment's object fails verification too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while spooled(&seg(3)).is_none() || spooled(&seg(4)).is_none() {
+        assert!(Instant::now() < deadline, "prefetch did not refill the spool");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs::copy(spooled(&seg(4)).unwrap(), spooled(&seg(3)).unwrap()).unwrap();
+    let o = get(3, &env);
+    assert!(stderr(&o).contains("discarded"), "{}", stderr(&o));
 }

@@ -11,16 +11,24 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use std::sync::Arc;
+
 use super::EXIT_ARCHIVE_GET_FATAL;
-use crate::cli::ArchiveGetArgs;
+use crate::cli::{ArchiveGetArgs, GlobalArgs, PrefetchWorkerArgs};
 use crate::config::Settings;
 use crate::pg::wal::segment::WalFileName;
+use crate::repo::prefetch::PrefetchSpool;
 use crate::repo::Repository;
 
 /// Runs `walship archive-get`, mapping outcomes to the interface's exit codes.
-pub async fn run(settings: &Settings, args: &ArchiveGetArgs) -> ExitCode {
+pub async fn run(settings: &Settings, args: &ArchiveGetArgs, global: &GlobalArgs) -> ExitCode {
     match fetch(settings, args).await {
-        Ok(true) => ExitCode::SUCCESS,
+        Ok(true) => {
+            if settings.prefetch.depth > 0 {
+                start_prefetch(&args.walfile, global);
+            }
+            ExitCode::SUCCESS
+        }
         Ok(false) => {
             tracing::info!(file = %args.walfile, "not in the repository");
             ExitCode::from(1)
@@ -34,10 +42,30 @@ pub async fn run(settings: &Settings, args: &ArchiveGetArgs) -> ExitCode {
 
 async fn fetch(settings: &Settings, args: &ArchiveGetArgs) -> anyhow::Result<bool> {
     let repo = Repository::open(settings).await?;
-    let name = WalFileName::parse(&args.walfile, repo.seg_size()?)
+    let seg_size = repo.seg_size()?;
+    let name = WalFileName::parse(&args.walfile, seg_size)
         .with_context(|| format!("`{}` is not a WAL file name", args.walfile))?;
-    let Some(data) = repo.fetch_wal(&name).await? else {
-        return Ok(false);
+    let spool = if settings.prefetch.depth > 0 && matches!(name, WalFileName::Segment { .. }) {
+        match PrefetchSpool::open(&settings.prefetch, &repo) {
+            Ok(spool) => Some(spool),
+            Err(e) => {
+                tracing::warn!(error = %e, "prefetch spool unusable; reading from the repository only");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let spooled = spool.as_ref().and_then(|s| s.take(&repo, &name));
+    if let Some(spool) = &spool {
+        spool.prune(&name, seg_size);
+    }
+    let data = match spooled {
+        Some(data) => data,
+        None => match repo.fetch_wal(&name).await? {
+            Some(data) => data,
+            None => return Ok(false),
+        },
     };
     let dest = args.dest.clone();
     tokio::task::spawn_blocking(move || write_atomically(&dest, &data))
@@ -70,4 +98,37 @@ pub fn write_atomically(dest: &Path, data: &[u8]) -> anyhow::Result<()> {
         return Err(e).with_context(|| format!("cannot write {}", dest.display()));
     }
     Ok(())
+}
+
+/// Starts the read-ahead worker in the background: PostgreSQL waits for this
+/// process to exit, not for the worker.
+fn start_prefetch(walfile: &str, global: &GlobalArgs) {
+    if !walfile.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return;
+    }
+    let spawned = std::env::current_exe().and_then(|exe| {
+        std::process::Command::new(exe)
+            .args(global.to_args())
+            .arg("prefetch-worker")
+            .arg(walfile)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+    });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "could not start the prefetch worker");
+    }
+}
+
+/// Runs the hidden `prefetch-worker` command: fills the spool after `args.after`.
+pub async fn prefetch_worker(
+    settings: &Settings,
+    args: &PrefetchWorkerArgs,
+) -> anyhow::Result<ExitCode> {
+    let repo = Arc::new(Repository::open(settings).await?);
+    let name = WalFileName::parse(&args.after, repo.seg_size()?)?;
+    let spool = PrefetchSpool::open(&settings.prefetch, &repo)?;
+    spool.fill(&repo, &name, settings.prefetch.depth).await?;
+    Ok(ExitCode::SUCCESS)
 }

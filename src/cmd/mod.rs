@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use crate::cli::Command;
+use crate::cli::{Command, GlobalArgs};
 use crate::config::Settings;
 
 pub mod archive_get;
@@ -17,7 +17,7 @@ pub mod verify;
 pub const EXIT_ARCHIVE_GET_FATAL: u8 = 126;
 
 /// Runs one command and maps its outcome to the exit codes of the interface.
-pub fn run(command: Command, settings: Settings) -> ExitCode {
+pub fn run(command: Command, settings: Settings, global: &GlobalArgs) -> ExitCode {
     let result = match command {
         // The hooks run once per segment: a single-threaded runtime starts fastest.
         Command::ArchivePush(args) => {
@@ -25,7 +25,7 @@ pub fn run(command: Command, settings: Settings) -> ExitCode {
         }
         Command::ArchiveGet(args) => {
             return match current_thread() {
-                Ok(rt) => rt.block_on(archive_get::run(&settings, &args)),
+                Ok(rt) => rt.block_on(archive_get::run(&settings, &args, global)),
                 Err(e) => {
                     eprintln!("walship: archive-get {}: {e:#}", args.walfile);
                     ExitCode::from(EXIT_ARCHIVE_GET_FATAL)
@@ -42,6 +42,8 @@ pub fn run(command: Command, settings: Settings) -> ExitCode {
         Command::Check(args) => {
             multi_thread().and_then(|rt| rt.block_on(check::run(&settings, &args)))
         }
+        Command::PrefetchWorker(args) => multi_thread()
+            .and_then(|rt| rt.block_on(archive_get::prefetch_worker(&settings, &args))),
         Command::Stream(_) => Err(anyhow::anyhow!("stream is not implemented yet")),
         Command::Backup(_) => Err(anyhow::anyhow!("backup is not implemented yet")),
         Command::Restore(_) => Err(anyhow::anyhow!("restore is not implemented yet")),

@@ -91,4 +91,15 @@ pub enum RepoError {
         /// Why.
         reason: String,
     },
+    /// The local prefetch spool could not be written.
+    #[error("prefetch spool: {op} {}: {source}", path.display())]
+    Spool {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -4,6 +4,7 @@
 //! - [`layout`]: where each kind of object lives (object keys).
 //! - [`wal`]: pushing and fetching WAL files, with the no-overwrite rule.
 //! - [`index`]: the per-segment WAL index (LSN range, commit times).
+//! - [`prefetch`]: archive-get's read-ahead spool.
 //! - [`catalog`]: the listing of the WAL archive per timeline, gaps, window.
 //!
 //! [`Repository`] ties a storage backend to one stanza and its keys; every
@@ -14,6 +15,7 @@ pub mod catalog;
 pub mod error;
 pub mod index;
 pub mod layout;
+pub mod prefetch;
 pub mod stanza;
 pub mod wal;
 
