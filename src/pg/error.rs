@@ -17,7 +17,11 @@ pub struct ServerError {
 
 impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} (SQLSTATE {})", self.severity, self.message, self.code)?;
+        write!(
+            f,
+            "{}: {} (SQLSTATE {})",
+            self.severity, self.message, self.code
+        )?;
         if let Some(d) = &self.detail {
             write!(f, "; DETAIL: {d}")?;
         }
@@ -55,6 +59,10 @@ pub enum PgError {
     /// The server sent something the protocol does not allow here.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The server's version lacks a feature (for example READ_REPLICATION_SLOT
+    /// before PostgreSQL 15): callers fall back to another way.
+    #[error("unsupported by the server: {0}")]
+    Unsupported(String),
 }
 
 impl PgError {
@@ -64,5 +72,10 @@ impl PgError {
             PgError::Server(e) => Some(e),
             _ => None,
         }
+    }
+
+    /// The SQLSTATE of a server-reported error (for example `28P01`).
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.server().map(|e| e.code.as_str())
     }
 }
