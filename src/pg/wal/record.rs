@@ -318,7 +318,7 @@ impl Seg<'_> {
     /// Moves `pos` past the page header when it sits on a page boundary.
     /// The reason to stop when the data or the valid WAL ends there.
     fn skip_page_header(&self, pos: usize) -> Result<usize, ScanStop> {
-        if pos % self.blcksz != 0 {
+        if !pos.is_multiple_of(self.blcksz) {
             return Ok(pos);
         }
         if pos >= self.seg_bytes {
