@@ -1,0 +1,441 @@
+//! The sans-I/O decoder: stored bytes in (any split), verified plaintext out.
+
+use std::sync::Arc;
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+
+use super::error::CodecError;
+use super::format::{
+    associated_data, frame_crc, name_hash, nonce, Checksum, ObjectHeader, CRC_LEN, FLAG_COMPRESSED,
+    FLAG_FINAL, FRAME_HEADER_LEN, HEADER_LEN, MAGIC, TAG_LEN, TRAILER_LEN,
+};
+use super::key::{wipe, Key};
+use super::ObjectSummary;
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Header,
+    FrameHead,
+    FrameBody {
+        fh: [u8; FRAME_HEADER_LEN],
+        stored_len: usize,
+    },
+    Done,
+    Failed,
+}
+
+/// Decodes one object fed in pieces of any size.
+///
+/// Memory: one stored chunk (at most 16 MiB + 20 bytes, 1 MiB as written by
+/// default) plus the caller's output buffer. Each chunk is verified (GCM tag
+/// or CRC-32C) before its plaintext is appended to `out`; the object as a
+/// whole (length, chunk count, BLAKE3 of the plaintext) is verified only by
+/// [`finish`](Self::finish), so callers must not publish the output (rename a
+/// temp file, hand a segment to PostgreSQL) before `finish` returns `Ok`.
+pub struct ObjectDecoder {
+    name: String,
+    key: Option<Arc<Key>>,
+    state: State,
+    /// The current unit (header, frame header or frame body) being gathered.
+    pending: Vec<u8>,
+    header: Option<(ObjectHeader, [u8; HEADER_LEN])>,
+    cipher: Option<(Aes256Gcm, [u8; 8])>,
+    index: u64,
+    n_data: u64,
+    /// Stored bytes consumed so far (including those in `pending`).
+    consumed: u64,
+    /// Offset of the frame being decoded.
+    frame_start: u64,
+    plain_done: u64,
+    hasher: blake3::Hasher,
+    summary: Option<ObjectSummary>,
+}
+
+impl ObjectDecoder {
+    /// A decoder for the object `name`. Give the repository's key when it is
+    /// encrypted: then unencrypted objects are refused.
+    pub fn new(name: &str, key: Option<Arc<Key>>) -> Self {
+        ObjectDecoder {
+            name: name.into(),
+            key,
+            state: State::Header,
+            pending: Vec::new(),
+            header: None,
+            cipher: None,
+            index: 0,
+            n_data: 0,
+            consumed: 0,
+            frame_start: 0,
+            plain_done: 0,
+            hasher: blake3::Hasher::new(),
+            summary: None,
+        }
+    }
+
+    /// The object's header, once enough bytes were fed.
+    pub fn header(&self) -> Option<&ObjectHeader> {
+        self.header.as_ref().map(|(h, _)| h)
+    }
+
+    /// Takes the next stored bytes; appends verified plaintext to `out`.
+    /// After an error the decoder is unusable.
+    pub fn feed(&mut self, stored: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+        let result = self.feed_inner(stored, out);
+        if result.is_err() {
+            self.state = State::Failed;
+            self.pending = Vec::new();
+        }
+        result
+    }
+
+    fn encrypted(&self) -> bool {
+        self.cipher.is_some()
+    }
+
+    fn feed_inner(&mut self, mut stored: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+        while !stored.is_empty() {
+            let need = match self.state {
+                State::Header => HEADER_LEN,
+                State::FrameHead => FRAME_HEADER_LEN,
+                State::FrameBody { stored_len, .. } => {
+                    stored_len + if self.encrypted() { 0 } else { CRC_LEN }
+                }
+                State::Done => {
+                    return Err(self.corrupt(
+                        self.consumed,
+                        format!("{} unexpected bytes after the trailer", stored.len()),
+                    ))
+                }
+                State::Failed => {
+                    return Err(self.corrupt(
+                        self.consumed,
+                        "decoding already failed; no more data accepted".into(),
+                    ))
+                }
+            };
+            // Encrypted bodies are decrypted in place, so they are always
+            // gathered in `pending`; everything else is read from the caller's
+            // slice when it is there whole.
+            let sealed_body = self.encrypted() && matches!(self.state, State::FrameBody { .. });
+            if self.pending.is_empty() && stored.len() >= need && !sealed_body {
+                self.consumed += need as u64;
+                self.process(&stored[..need], out)?;
+                stored = &stored[need..];
+                continue;
+            }
+            if self.pending.capacity() < need {
+                self.pending.reserve_exact(need - self.pending.len());
+            }
+            let take = (need - self.pending.len()).min(stored.len());
+            self.pending.extend_from_slice(&stored[..take]);
+            self.consumed += take as u64;
+            stored = &stored[take..];
+            if matches!(self.state, State::Header)
+                && self.pending.len() >= MAGIC.len()
+                && self.pending[..MAGIC.len()] != MAGIC
+            {
+                // Say "not an object" at once rather than "truncated" later.
+                return Err(CodecError::NotAnObject {
+                    name: self.name.clone(),
+                });
+            }
+            if self.pending.len() == need {
+                let mut unit = std::mem::take(&mut self.pending);
+                let r = if sealed_body {
+                    self.open_sealed(&mut unit, out)
+                } else {
+                    self.process(&unit, out)
+                };
+                unit.clear();
+                self.pending = unit;
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a complete header, frame header or unencrypted frame body.
+    fn process(&mut self, unit: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+        match self.state {
+            State::Header => self.on_header(unit),
+            State::FrameHead => self.on_frame_header(unit),
+            State::FrameBody { fh, stored_len } => {
+                let (payload, crc) = unit.split_at(stored_len);
+                let (header, _) = self.header_ref()?;
+                let want = frame_crc(header, self.index, &fh, payload);
+                let got = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+                if want != got {
+                    return Err(self.corrupt(
+                        self.frame_start,
+                        format!(
+                            "chunk {}: CRC-32C mismatch (stored {got:08x}, computed {want:08x})",
+                            self.index
+                        ),
+                    ));
+                }
+                self.on_payload(fh[0], payload, out)
+            }
+            State::Done | State::Failed => Ok(()),
+        }
+    }
+
+    fn header_ref(&self) -> Result<(&[u8; HEADER_LEN], &ObjectHeader), CodecError> {
+        match &self.header {
+            Some((h, raw)) => Ok((raw, h)),
+            None => Err(self.corrupt(0, "internal: frame before header".into())),
+        }
+    }
+
+    fn on_header(&mut self, raw: &[u8]) -> Result<(), CodecError> {
+        let header = ObjectHeader::parse(&self.name, raw)?;
+        match (&header.key_id, &self.key) {
+            (Some(found), None) => {
+                return Err(CodecError::KeyRequired {
+                    name: self.name.clone(),
+                    key_id: *found,
+                })
+            }
+            (Some(found), Some(key)) => {
+                let ours = key.id();
+                if *found != ours {
+                    return Err(CodecError::WrongKey {
+                        name: self.name.clone(),
+                        found: *found,
+                        ours,
+                    });
+                }
+            }
+            (None, Some(_)) => {
+                return Err(CodecError::NotEncrypted {
+                    name: self.name.clone(),
+                })
+            }
+            (None, None) => {}
+        }
+        if header.name_hash != name_hash(&self.name) {
+            return Err(CodecError::NameMismatch {
+                name: self.name.clone(),
+            });
+        }
+        if let Some(key) = &self.key {
+            let (mut object_key, prefix) = key.object_material(&header.salt);
+            let cipher = Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(&object_key));
+            wipe(&mut object_key);
+            self.cipher = Some((cipher, prefix));
+        }
+        let mut bytes = [0u8; HEADER_LEN];
+        bytes.copy_from_slice(&raw[..HEADER_LEN]);
+        self.n_data = header.data_chunks();
+        self.header = Some((header, bytes));
+        self.state = State::FrameHead;
+        self.frame_start = self.consumed;
+        Ok(())
+    }
+
+    /// Plaintext length of data chunk `index`.
+    fn chunk_plain_len(&self, header: &ObjectHeader) -> usize {
+        let cs = header.chunk_size();
+        (header.plain_len - self.index * cs).min(cs) as usize
+    }
+
+    fn on_frame_header(&mut self, unit: &[u8]) -> Result<(), CodecError> {
+        let mut fh = [0u8; FRAME_HEADER_LEN];
+        fh.copy_from_slice(unit);
+        let flags = fh[0];
+        let stored_len = u32::from_le_bytes([fh[4], fh[5], fh[6], fh[7]]) as usize;
+        let (_, header) = self.header_ref()?;
+        let overhead = if self.encrypted() { TAG_LEN } else { 0 };
+        let at = self.frame_start;
+        let i = self.index;
+        if flags & !(FLAG_COMPRESSED | FLAG_FINAL) != 0 || fh[1..4] != [0; 3] {
+            return Err(self.corrupt(at, format!("chunk {i}: invalid frame header")));
+        }
+        if i == self.n_data {
+            if flags != FLAG_FINAL || stored_len != TRAILER_LEN + overhead {
+                return Err(self.corrupt(
+                    at,
+                    format!(
+                        "chunk {i}: expected the trailer (the header announces {i} data chunks)"
+                    ),
+                ));
+            }
+        } else {
+            if flags & FLAG_FINAL != 0 {
+                return Err(self.corrupt(
+                    at,
+                    format!(
+                        "chunk {i}: final frame, but the header announces {} data chunks",
+                        self.n_data
+                    ),
+                ));
+            }
+            let plain = self.chunk_plain_len(header);
+            let ok = match stored_len.checked_sub(overhead) {
+                Some(p) if flags & FLAG_COMPRESSED != 0 => p > 0 && p < plain,
+                Some(p) => p == plain,
+                None => false,
+            };
+            if !ok {
+                return Err(self.corrupt(
+                    at,
+                    format!(
+                        "chunk {i}: stored length {stored_len} impossible for {plain} bytes of data"
+                    ),
+                ));
+            }
+        }
+        self.state = State::FrameBody { fh, stored_len };
+        Ok(())
+    }
+
+    fn open_sealed(&mut self, body: &mut [u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
+        let State::FrameBody { fh, .. } = self.state else {
+            return Err(self.corrupt(self.frame_start, "internal: not in a frame".into()));
+        };
+        let (ct, tag) = body.split_at_mut(body.len() - TAG_LEN);
+        let (header, _) = self.header_ref()?;
+        let ad = associated_data(header, self.index, &fh);
+        let opened = match &self.cipher {
+            Some((cipher, prefix)) => cipher
+                .decrypt_in_place_detached(
+                    Nonce::from_slice(&nonce(prefix, self.index)),
+                    &ad,
+                    ct,
+                    Tag::from_slice(tag),
+                )
+                .is_ok(),
+            None => false,
+        };
+        if !opened {
+            return Err(CodecError::Tampered {
+                name: self.name.clone(),
+                chunk: self.index,
+                offset: self.frame_start,
+            });
+        }
+        self.on_payload(fh[0], ct, out)
+    }
+
+    /// A verified payload: a data chunk's (maybe compressed) bytes or the trailer.
+    fn on_payload(
+        &mut self,
+        flags: u8,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        if self.index == self.n_data {
+            return self.on_trailer(payload);
+        }
+        let (_, header) = self.header_ref()?;
+        let plain = self.chunk_plain_len(header);
+        let start = out.len();
+        if flags & FLAG_COMPRESSED != 0 {
+            out.resize(start + plain, 0);
+            match lz4_flex::block::decompress_into(payload, &mut out[start..]) {
+                Ok(n) if n == plain => {}
+                Ok(n) => {
+                    out.truncate(start);
+                    return Err(self.corrupt(
+                        self.frame_start,
+                        format!(
+                            "chunk {}: decompressed to {n} bytes, expected {plain}",
+                            self.index
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    out.truncate(start);
+                    return Err(self.corrupt(
+                        self.frame_start,
+                        format!("chunk {}: lz4 block does not decompress: {e}", self.index),
+                    ));
+                }
+            }
+        } else {
+            out.extend_from_slice(payload);
+        }
+        self.hasher.update(&out[start..]);
+        self.plain_done += plain as u64;
+        self.index += 1;
+        self.state = State::FrameHead;
+        self.frame_start = self.consumed;
+        Ok(())
+    }
+
+    fn on_trailer(&mut self, t: &[u8]) -> Result<(), CodecError> {
+        let (_, header) = self.header_ref()?;
+        let mut sum = [0u8; 32];
+        sum.copy_from_slice(&t[..32]);
+        let mut b8 = [0u8; 8];
+        b8.copy_from_slice(&t[32..40]);
+        let plain_len = u64::from_le_bytes(b8);
+        b8.copy_from_slice(&t[40..48]);
+        let chunks = u64::from_le_bytes(b8);
+        let at = self.frame_start;
+        if plain_len != header.plain_len || chunks != self.n_data || self.plain_done != plain_len {
+            return Err(self.corrupt(
+                at,
+                format!(
+                    "trailer says {plain_len} bytes in {chunks} chunks, header says {} bytes in {} chunks",
+                    header.plain_len, self.n_data
+                ),
+            ));
+        }
+        let computed = Checksum(*self.hasher.finalize().as_bytes());
+        let recorded = Checksum(sum);
+        if computed != recorded {
+            return Err(self.corrupt(
+                at,
+                format!("plaintext BLAKE3 mismatch (recorded {recorded}, computed {computed})"),
+            ));
+        }
+        self.summary = Some(ObjectSummary {
+            plain_len,
+            stored_len: self.consumed,
+            checksum: computed,
+        });
+        self.state = State::Done;
+        Ok(())
+    }
+
+    fn corrupt(&self, offset: u64, reason: String) -> CodecError {
+        CodecError::Corrupt {
+            name: self.name.clone(),
+            offset,
+            reason,
+        }
+    }
+
+    /// Ends decoding: `Ok` only when the whole object, trailer included, was
+    /// fed and verified.
+    pub fn finish(self) -> Result<ObjectSummary, CodecError> {
+        let truncated = |reason: String| CodecError::Truncated {
+            name: self.name.clone(),
+            offset: self.consumed,
+            reason,
+        };
+        match self.state {
+            State::Done => match self.summary {
+                Some(s) => Ok(s),
+                None => Err(self.corrupt(self.consumed, "internal: no summary".into())),
+            },
+            State::Failed => Err(self.corrupt(self.consumed, "decoding had failed".into())),
+            State::Header => Err(truncated(format!(
+                "the header is incomplete ({} of {HEADER_LEN} bytes)",
+                self.pending.len()
+            ))),
+            State::FrameHead if self.index == self.n_data => {
+                Err(truncated("the trailer is missing".into()))
+            }
+            State::FrameHead => Err(truncated(format!(
+                "chunk {} of {} data chunks is missing",
+                self.index, self.n_data
+            ))),
+            State::FrameBody { .. } => Err(truncated(format!(
+                "chunk {} (frame at offset {}) is incomplete",
+                self.index, self.frame_start
+            ))),
+        }
+    }
+}

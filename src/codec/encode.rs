@@ -1,0 +1,290 @@
+//! The sans-I/O encoder: plaintext in, framed (compressed, encrypted) bytes out.
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+
+use super::error::CodecError;
+use super::format::{
+    associated_data, data_chunks, frame_crc, frame_header, name_hash, nonce, trailer, Checksum,
+    ObjectHeader, DEFAULT_CHUNK_SHIFT, FLAG_COMPRESSED, FLAG_FINAL, FORMAT_VERSION, HEADER_LEN,
+    MAX_CHUNK_SHIFT, MIN_CHUNK_SHIFT, TAG_LEN,
+};
+use super::key::wipe;
+use super::{CodecSettings, Compression, ObjectSummary};
+use aes_gcm::aead::rand_core::RngCore;
+use aes_gcm::aead::OsRng;
+
+/// Seals frames: owns the header bytes and, when encrypting, the object's
+/// cipher and nonce prefix.
+pub(crate) struct Sealer {
+    pub(crate) header: [u8; HEADER_LEN],
+    pub(crate) cipher: Option<(Aes256Gcm, [u8; 8])>,
+}
+
+impl Sealer {
+    /// Appends one frame (frame header, payload, tag or CRC) to `out`.
+    fn emit(
+        &self,
+        name: &str,
+        index: u64,
+        flags: u8,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<usize, CodecError> {
+        let before = out.len();
+        match &self.cipher {
+            Some((cipher, prefix)) => {
+                let fh = frame_header(flags, (payload.len() + TAG_LEN) as u32);
+                out.extend_from_slice(&fh);
+                let start = out.len();
+                out.extend_from_slice(payload);
+                let ad = associated_data(&self.header, index, &fh);
+                let n = nonce(prefix, index);
+                let tag = cipher
+                    .encrypt_in_place_detached(Nonce::from_slice(&n), &ad, &mut out[start..])
+                    .map_err(|_| CodecError::Invalid {
+                        name: name.into(),
+                        reason: format!("AES-GCM refused to encrypt chunk {index}"),
+                    })?;
+                out.extend_from_slice(&tag);
+            }
+            None => {
+                let fh = frame_header(flags, payload.len() as u32);
+                let crc = frame_crc(&self.header, index, &fh, payload);
+                out.extend_from_slice(&fh);
+                out.extend_from_slice(payload);
+                out.extend_from_slice(&crc.to_le_bytes());
+            }
+        }
+        Ok(out.len() - before)
+    }
+}
+
+/// Encodes one object, chunk by chunk, with bounded memory.
+///
+/// Write [`header`](Self::header) first, then everything [`push`](Self::push)
+/// appends, then what [`finish`](Self::finish) appends. The plaintext length
+/// must be known in advance (it is in the header); `finish` fails when a
+/// different number of bytes was pushed, and the output must then be discarded.
+pub struct ObjectEncoder {
+    name: String,
+    plain_len: u64,
+    chunk_size: usize,
+    compression: Compression,
+    sealer: Sealer,
+    /// A partial chunk waiting for more plaintext.
+    buf: Vec<u8>,
+    /// lz4 output of the current chunk.
+    scratch: Vec<u8>,
+    index: u64,
+    pushed: u64,
+    stored: u64,
+    hasher: blake3::Hasher,
+    failed: Option<CodecError>,
+}
+
+impl ObjectEncoder {
+    /// An encoder for the object `name` of `plain_len` bytes, with 1 MiB chunks.
+    pub fn new(name: &str, plain_len: u64, settings: &CodecSettings) -> Self {
+        match Self::with_chunk_shift(name, plain_len, settings, DEFAULT_CHUNK_SHIFT) {
+            Ok(enc) => enc,
+            Err(e) => {
+                // Only an absurd plain_len (over 4 PiB) gets here: report it from finish().
+                let mut enc = Self::build(name, 0, settings, DEFAULT_CHUNK_SHIFT, None);
+                enc.plain_len = plain_len;
+                enc.failed = Some(e);
+                enc
+            }
+        }
+    }
+
+    /// Like [`new`](Self::new) with chunks of `2^chunk_shift` plaintext bytes
+    /// (10..=24, i.e. 1 KiB to 16 MiB). Readers honour whatever the header says.
+    pub fn with_chunk_shift(
+        name: &str,
+        plain_len: u64,
+        settings: &CodecSettings,
+        chunk_shift: u8,
+    ) -> Result<Self, CodecError> {
+        Self::check(name, plain_len, chunk_shift)?;
+        Ok(Self::build(name, plain_len, settings, chunk_shift, None))
+    }
+
+    /// Test hook: a fixed salt makes the output deterministic (test vectors).
+    #[cfg(test)]
+    pub(crate) fn with_salt(
+        name: &str,
+        plain_len: u64,
+        settings: &CodecSettings,
+        chunk_shift: u8,
+        salt: [u8; 32],
+    ) -> Self {
+        Self::build(name, plain_len, settings, chunk_shift, Some(salt))
+    }
+
+    fn check(name: &str, plain_len: u64, chunk_shift: u8) -> Result<(), CodecError> {
+        if !(MIN_CHUNK_SHIFT..=MAX_CHUNK_SHIFT).contains(&chunk_shift) {
+            return Err(CodecError::Invalid {
+                name: name.into(),
+                reason: format!(
+                    "chunk size 2^{chunk_shift} out of range 2^{MIN_CHUNK_SHIFT}..2^{MAX_CHUNK_SHIFT}"
+                ),
+            });
+        }
+        if data_chunks(plain_len, chunk_shift) >= u64::from(u32::MAX) {
+            return Err(CodecError::Invalid {
+                name: name.into(),
+                reason: format!("{plain_len} bytes need more than 2^32-1 chunks"),
+            });
+        }
+        Ok(())
+    }
+
+    fn build(
+        name: &str,
+        plain_len: u64,
+        settings: &CodecSettings,
+        chunk_shift: u8,
+        salt: Option<[u8; 32]>,
+    ) -> Self {
+        let mut header = ObjectHeader {
+            version: FORMAT_VERSION,
+            compression: settings.compression,
+            encrypted: settings.key.is_some(),
+            key_id: settings.key.as_ref().map(|k| k.id()),
+            plain_len,
+            chunk_shift,
+            name_hash: name_hash(name),
+            salt: [0; 32],
+        };
+        let cipher = settings.key.as_ref().map(|key| {
+            let salt = salt.unwrap_or_else(|| {
+                let mut s = [0u8; 32];
+                OsRng.fill_bytes(&mut s);
+                s
+            });
+            header.salt = salt;
+            let (mut object_key, prefix) = key.object_material(&salt);
+            let cipher = Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(&object_key));
+            wipe(&mut object_key);
+            (cipher, prefix)
+        });
+        let chunk_size = 1usize << chunk_shift;
+        let scratch_len = match settings.compression {
+            Compression::Lz4 => lz4_flex::block::get_maximum_output_size(chunk_size),
+            Compression::None => 0,
+        };
+        ObjectEncoder {
+            name: name.into(),
+            plain_len,
+            chunk_size,
+            compression: settings.compression,
+            sealer: Sealer {
+                header: header.to_bytes(),
+                cipher,
+            },
+            buf: Vec::new(),
+            scratch: vec![0u8; scratch_len],
+            index: 0,
+            pushed: 0,
+            stored: HEADER_LEN as u64,
+            hasher: blake3::Hasher::new(),
+            failed: None,
+        }
+    }
+
+    /// The header bytes: the first [`HEADER_LEN`] bytes of the stored object.
+    pub fn header(&self) -> Vec<u8> {
+        self.sealer.header.to_vec()
+    }
+
+    /// Takes plaintext; appends every chunk that fills up to `out`, framed.
+    pub fn push(&mut self, mut plain: &[u8], out: &mut Vec<u8>) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.pushed += plain.len() as u64;
+        let cs = self.chunk_size;
+        if !self.buf.is_empty() {
+            let take = (cs - self.buf.len()).min(plain.len());
+            self.buf.extend_from_slice(&plain[..take]);
+            plain = &plain[take..];
+            if self.buf.len() == cs {
+                let chunk = std::mem::take(&mut self.buf);
+                self.seal_data(&chunk, out);
+                self.buf = chunk;
+                self.buf.clear();
+            }
+        }
+        // Whole chunks straight from the caller's slice: no copy.
+        while plain.len() >= cs {
+            self.seal_data(&plain[..cs], out);
+            plain = &plain[cs..];
+        }
+        if !plain.is_empty() {
+            if self.buf.capacity() < cs {
+                self.buf.reserve_exact(cs - self.buf.len());
+            }
+            self.buf.extend_from_slice(plain);
+        }
+    }
+
+    fn seal_data(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.hasher.update(chunk);
+        let mut flags = 0u8;
+        let mut payload = chunk;
+        if self.compression == Compression::Lz4 {
+            if let Ok(n) = lz4_flex::block::compress_into(chunk, &mut self.scratch) {
+                // Keep the compressed form only when it is smaller.
+                if n < chunk.len() {
+                    payload = &self.scratch[..n];
+                    flags |= FLAG_COMPRESSED;
+                }
+            }
+        }
+        match self
+            .sealer
+            .emit(&self.name, self.index, flags, payload, out)
+        {
+            Ok(n) => self.stored += n as u64,
+            Err(e) => self.failed = Some(e),
+        }
+        self.index += 1;
+    }
+
+    /// Seals the last partial chunk and the trailer into `out`. Fails when the
+    /// number of bytes pushed differs from the announced length.
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<ObjectSummary, CodecError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        if self.pushed != self.plain_len {
+            return Err(CodecError::LengthMismatch {
+                name: self.name,
+                expected: self.plain_len,
+                actual: self.pushed,
+            });
+        }
+        if !self.buf.is_empty() {
+            let chunk = std::mem::take(&mut self.buf);
+            self.seal_data(&chunk, out);
+            if let Some(e) = self.failed.take() {
+                return Err(e);
+            }
+        }
+        let checksum = Checksum(*self.hasher.finalize().as_bytes());
+        let t = trailer(&checksum, self.plain_len, self.index);
+        let n = self
+            .sealer
+            .emit(&self.name, self.index, FLAG_FINAL, &t, out)?;
+        self.stored += n as u64;
+        Ok(ObjectSummary {
+            plain_len: self.plain_len,
+            stored_len: self.stored,
+            checksum,
+        })
+    }
+}

@@ -1,0 +1,804 @@
+//! Unit tests of the object codec: round trips in every mode, every tamper
+//! case, key handling. The throughput measurement is `#[ignore]`d.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::*;
+use crate::config::Secret;
+
+const CS: usize = 1 << DEFAULT_CHUNK_SHIFT;
+
+fn key(seed: u8) -> Arc<Key> {
+    Arc::new(Key::from_bytes([seed; 32]))
+}
+
+/// The four modes: (label, settings).
+fn modes() -> Vec<(&'static str, CodecSettings)> {
+    vec![
+        (
+            "lz4+enc",
+            CodecSettings {
+                compression: Compression::Lz4,
+                key: Some(key(7)),
+            },
+        ),
+        (
+            "lz4",
+            CodecSettings {
+                compression: Compression::Lz4,
+                key: None,
+            },
+        ),
+        (
+            "none+enc",
+            CodecSettings {
+                compression: Compression::None,
+                key: Some(key(7)),
+            },
+        ),
+        (
+            "none",
+            CodecSettings {
+                compression: Compression::None,
+                key: None,
+            },
+        ),
+    ]
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v);
+    v
+}
+
+/// WAL-like data: 8 KiB pages with a small header, records mixing repeated
+/// tuples and random bytes, and a zeroed tail.
+fn wal_like(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut v = Vec::with_capacity(len);
+    let mut page = 0u32;
+    while v.len() < len {
+        let start = v.len();
+        v.extend_from_slice(&[0x10, 0xD1, 0x05, 0x00]);
+        v.extend_from_slice(&page.to_le_bytes());
+        v.extend_from_slice(&[0u8; 16]);
+        let fill = rng.usize(4096..8000);
+        while v.len() - start < fill {
+            let rec = rng.usize(40..300);
+            v.extend_from_slice(&(rec as u32).to_le_bytes());
+            v.extend_from_slice(&rng.u32(..).to_le_bytes());
+            for i in 0..rec {
+                if i % 5 == 0 {
+                    v.push(rng.u8(..));
+                } else {
+                    v.push(b"pgbench_accounts"[i % 16]);
+                }
+            }
+        }
+        v.resize(start + 8192, 0);
+        page += 1;
+    }
+    v.truncate(len);
+    v
+}
+
+fn kind(e: &CodecError) -> &'static str {
+    match e {
+        CodecError::KeyFile { .. } => "KeyFile",
+        CodecError::Kdf { .. } => "Kdf",
+        CodecError::WrongKey { .. } => "WrongKey",
+        CodecError::KeyRequired { .. } => "KeyRequired",
+        CodecError::NotEncrypted { .. } => "NotEncrypted",
+        CodecError::NameMismatch { .. } => "NameMismatch",
+        CodecError::Tampered { .. } => "Tampered",
+        CodecError::Corrupt { .. } => "Corrupt",
+        CodecError::Truncated { .. } => "Truncated",
+        CodecError::NotAnObject { .. } => "NotAnObject",
+        CodecError::UnsupportedVersion { .. } => "UnsupportedVersion",
+        CodecError::LengthMismatch { .. } => "LengthMismatch",
+        CodecError::Invalid { .. } => "Invalid",
+        CodecError::Io { .. } => "Io",
+    }
+}
+
+fn key_of(s: &CodecSettings) -> Option<Arc<Key>> {
+    s.key.clone()
+}
+
+/// Frame byte ranges of a stored object (header excluded).
+fn frames(stored: &[u8], encrypted: bool) -> Vec<Range<usize>> {
+    let mut pos = HEADER_LEN;
+    let mut out = Vec::new();
+    while pos < stored.len() {
+        let len = u32::from_le_bytes(stored[pos + 4..pos + 8].try_into().unwrap()) as usize;
+        let end = pos + 8 + len + if encrypted { 0 } else { 4 };
+        out.push(pos..end);
+        pos = end;
+    }
+    assert_eq!(pos, stored.len());
+    out
+}
+
+fn encode_small(name: &str, plain: &[u8], settings: &CodecSettings, shift: u8) -> Vec<u8> {
+    let mut enc =
+        ObjectEncoder::with_chunk_shift(name, plain.len() as u64, settings, shift).unwrap();
+    let mut out = enc.header();
+    enc.push(plain, &mut out);
+    enc.finish(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn round_trips_every_mode_and_size() {
+    let sizes = [0usize, 1, CS - 1, CS, CS + 1, 5 * CS];
+    for (label, settings) in modes() {
+        for &size in &sizes {
+            for (dlabel, data) in [
+                ("random", random_bytes(size, size as u64)),
+                ("wal-like", wal_like(size, size as u64)),
+            ] {
+                let name = format!("archive/{label}/{size}");
+                let (stored, sum) = encode_bytes(&name, &data, &settings).unwrap();
+                assert_eq!(sum.plain_len, size as u64);
+                assert_eq!(sum.stored_len, stored.len() as u64);
+                assert_eq!(sum.checksum, Checksum::of(&data));
+                let (plain, dsum) = decode_bytes(&name, &stored, key_of(&settings))
+                    .unwrap_or_else(|e| panic!("{label} {dlabel} {size}: {e}"));
+                assert!(plain == data, "{label} {dlabel} {size}: content differs");
+                assert_eq!(dsum, sum);
+                let h = read_header(&stored).unwrap();
+                assert_eq!(h.plain_len, size as u64);
+                assert_eq!(h.compression, settings.compression);
+                assert_eq!(h.encrypted, settings.key.is_some());
+                assert_eq!(h.key_id, settings.key.as_ref().map(|k| k.id()));
+                assert!(h.matches_name(&name));
+                if dlabel == "wal-like" && size >= CS && settings.compression == Compression::Lz4 {
+                    assert!(stored.len() < size * 3 / 4, "{label}: lz4 did not shrink");
+                }
+                if dlabel == "random" && size > 0 {
+                    // Incompressible chunks are stored as is: small, fixed overhead.
+                    let chunks = size.div_ceil(CS);
+                    let per = if settings.key.is_some() {
+                        8 + 16
+                    } else {
+                        8 + 4
+                    };
+                    assert_eq!(stored.len(), HEADER_LEN + size + chunks * per + per + 48);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn arbitrary_push_and_feed_splits_give_the_same_bytes() {
+    let data = wal_like(3 * CS + 12345, 9);
+    for (label, settings) in modes() {
+        let salt = [3u8; 32];
+        let mut one = ObjectEncoder::with_salt("o", data.len() as u64, &settings, 20, salt);
+        let mut a = one.header();
+        one.push(&data, &mut a);
+        one.finish(&mut a).unwrap();
+
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut many = ObjectEncoder::with_salt("o", data.len() as u64, &settings, 20, salt);
+        let mut b = many.header();
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let n = rng.usize(0..=rest.len().min(CS + 7));
+            many.push(&rest[..n], &mut b);
+            rest = &rest[n..];
+        }
+        many.finish(&mut b).unwrap();
+        assert!(a == b, "{label}: chunking depends on push sizes");
+
+        let mut dec = ObjectDecoder::new("o", key_of(&settings));
+        let mut out = Vec::new();
+        let mut rest = &b[..];
+        while !rest.is_empty() {
+            let n = rng.usize(0..=rest.len().min(70_000));
+            dec.feed(&rest[..n], &mut out).unwrap();
+            rest = &rest[n..];
+        }
+        dec.finish().unwrap();
+        assert!(out == data, "{label}");
+    }
+}
+
+#[test]
+fn byte_at_a_time_decoding() {
+    let data = wal_like(5000, 2);
+    for (label, settings) in modes() {
+        let stored = encode_small("tiny", &data, &settings, 10);
+        let mut dec = ObjectDecoder::new("tiny", key_of(&settings));
+        let mut out = Vec::new();
+        for b in &stored {
+            dec.feed(std::slice::from_ref(b), &mut out).unwrap();
+        }
+        assert_eq!(dec.finish().unwrap().plain_len, 5000, "{label}");
+        assert!(out == data);
+    }
+}
+
+#[test]
+fn every_single_bit_flip_is_detected() {
+    // 3 data chunks of 1 KiB (one compressible, one not, one partial) + trailer.
+    let mut data = wal_like(2048, 4);
+    data.extend(random_bytes(900, 5));
+    for (label, settings) in modes() {
+        let stored = encode_small("flip/me", &data, &settings, 10);
+        assert_eq!(frames(&stored, settings.key.is_some()).len(), 4);
+        for bit in 0..stored.len() * 8 {
+            let mut bad = stored.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let r = decode_bytes("flip/me", &bad, key_of(&settings));
+            assert!(r.is_err(), "{label}: flip of bit {bit} not detected");
+        }
+    }
+}
+
+#[test]
+fn every_truncation_is_reported_as_truncated() {
+    let data = wal_like(3000, 6);
+    for (label, settings) in modes() {
+        let stored = encode_small("cut", &data, &settings, 10);
+        let boundaries: Vec<usize> = frames(&stored, settings.key.is_some())
+            .iter()
+            .map(|r| r.start)
+            .collect();
+        assert!(boundaries.len() >= 3);
+        // Every prefix: chunk boundaries, mid-chunk, mid-header, empty.
+        for cut in 0..stored.len() {
+            let err = decode_bytes("cut", &stored[..cut], key_of(&settings)).unwrap_err();
+            assert_eq!(kind(&err), "Truncated", "{label} cut at {cut}: {err}");
+            let msg = err.to_string();
+            assert!(msg.contains("cut"), "{msg}");
+        }
+        // A streaming decoder that saw everything but the trailer says so.
+        let last = *boundaries.last().unwrap();
+        let mut dec = ObjectDecoder::new("cut", key_of(&settings));
+        let mut out = Vec::new();
+        dec.feed(&stored[..last], &mut out).unwrap();
+        let msg = dec.finish().unwrap_err().to_string();
+        assert!(msg.contains("trailer"), "{msg}");
+    }
+}
+
+#[test]
+fn reordered_chunks_are_detected() {
+    // Random data: equal-sized stored chunks, so a swap keeps the framing valid.
+    let data = random_bytes(4 * 1024, 8);
+    for (label, settings) in modes() {
+        let enc = settings.key.is_some();
+        let stored = encode_small("order", &data, &settings, 10);
+        let f = frames(&stored, enc);
+        assert_eq!(f[1].len(), f[2].len());
+        let mut bad = stored[..f[1].start].to_vec();
+        bad.extend_from_slice(&stored[f[2].clone()]);
+        bad.extend_from_slice(&stored[f[1].clone()]);
+        bad.extend_from_slice(&stored[f[2].end..]);
+        assert_eq!(bad.len(), stored.len());
+        let err = decode_bytes("order", &bad, key_of(&settings)).unwrap_err();
+        let want = if enc { "Tampered" } else { "Corrupt" };
+        assert_eq!(kind(&err), want, "{label}: {err}");
+        assert!(err.to_string().contains("chunk 1"), "{err}");
+        // Dropping a middle chunk is detected too.
+        let mut dropped = stored[..f[1].start].to_vec();
+        dropped.extend_from_slice(&stored[f[2].start..]);
+        assert!(decode_bytes("order", &dropped, key_of(&settings)).is_err());
+        // So is the trailer moved up (chunk count mismatch).
+        let mut early = stored[..f[3].start].to_vec();
+        early.extend_from_slice(&stored[f.last().unwrap().clone()]);
+        assert!(decode_bytes("order", &early, key_of(&settings)).is_err());
+    }
+}
+
+#[test]
+fn swapped_objects_are_detected() {
+    for (label, settings) in modes() {
+        let a = encode_bytes("wal/000000010000000000000001", b"segment one", &settings)
+            .unwrap()
+            .0;
+        let err = decode_bytes("wal/000000010000000000000002", &a, key_of(&settings)).unwrap_err();
+        assert_eq!(kind(&err), "NameMismatch", "{label}: {err}");
+        assert!(err.to_string().contains("000000010000000000000002"));
+    }
+}
+
+#[test]
+fn chunks_spliced_between_versions_of_one_object_are_detected() {
+    // Two objects with the same name and length: splice chunk 1 of B into A.
+    let a_data = random_bytes(3 * 1024, 10);
+    let b_data = random_bytes(3 * 1024, 11);
+    for (label, settings) in modes() {
+        let enc = settings.key.is_some();
+        let a = encode_small("same", &a_data, &settings, 10);
+        let b = encode_small("same", &b_data, &settings, 10);
+        let (fa, fb) = (frames(&a, enc), frames(&b, enc));
+        let mut bad = a[..fa[1].start].to_vec();
+        bad.extend_from_slice(&b[fb[1].clone()]);
+        bad.extend_from_slice(&a[fa[1].end..]);
+        let err = decode_bytes("same", &bad, key_of(&settings)).unwrap_err();
+        let want = if enc { "Tampered" } else { "Corrupt" };
+        assert_eq!(kind(&err), want, "{label}: {err}");
+    }
+}
+
+#[test]
+fn key_errors_are_distinct() {
+    let data = wal_like(10_000, 3);
+    let enc = CodecSettings {
+        compression: Compression::Lz4,
+        key: Some(key(1)),
+    };
+    let (stored, _) = encode_bytes("k", &data, &enc).unwrap();
+
+    let err = decode_bytes("k", &stored, Some(key(2))).unwrap_err();
+    assert_eq!(kind(&err), "WrongKey", "{err}");
+    assert!(err.to_string().contains(&key(1).id().to_string()));
+    assert!(err.to_string().contains(&key(2).id().to_string()));
+
+    let err = decode_bytes("k", &stored, None).unwrap_err();
+    assert_eq!(kind(&err), "KeyRequired", "{err}");
+
+    let (plain_obj, _) = encode_bytes("k", &data, &CodecSettings::default()).unwrap();
+    let err = decode_bytes("k", &plain_obj, Some(key(1))).unwrap_err();
+    assert_eq!(kind(&err), "NotEncrypted", "{err}");
+
+    // Right key id but tampered ciphertext: Tampered, not WrongKey.
+    let mut bad = stored.clone();
+    let last = bad.len() - 20;
+    bad[last] ^= 0x40;
+    let err = decode_bytes("k", &bad, Some(key(1))).unwrap_err();
+    assert_eq!(kind(&err), "Tampered", "{err}");
+
+    // The header is readable without a key.
+    let h = read_header(&stored).unwrap();
+    assert!(h.encrypted);
+    assert_eq!(h.key_id, Some(key(1).id()));
+    assert_eq!(h.plain_len, 10_000);
+    assert_eq!(
+        kind(&read_header(b"not an object at all, nope").unwrap_err()),
+        "NotAnObject"
+    );
+}
+
+#[test]
+fn trailing_garbage_and_bad_headers_are_rejected() {
+    let (mut stored, _) = encode_bytes("t", b"hello", &CodecSettings::default()).unwrap();
+    stored.push(0);
+    let err = decode_bytes("t", &stored, None).unwrap_err();
+    assert_eq!(kind(&err), "Corrupt", "{err}");
+    assert!(err.to_string().contains("after the trailer"));
+
+    let (mut v2, _) = encode_bytes("t", b"hello", &CodecSettings::default()).unwrap();
+    v2[8] = 2;
+    assert_eq!(
+        kind(&decode_bytes("t", &v2, None).unwrap_err()),
+        "UnsupportedVersion"
+    );
+    assert_eq!(
+        kind(&decode_bytes("t", b"PK\x03\x04 zip file", None).unwrap_err()),
+        "NotAnObject"
+    );
+}
+
+#[test]
+fn encoder_rejects_a_wrong_length() {
+    for (label, settings) in modes() {
+        let mut enc = ObjectEncoder::new("len", 10, &settings);
+        let mut out = enc.header();
+        enc.push(b"123456789", &mut out);
+        let err = enc.finish(&mut out).unwrap_err();
+        assert_eq!(kind(&err), "LengthMismatch", "{label}");
+        let mut enc = ObjectEncoder::new("len", 10, &settings);
+        enc.push(b"12345678901", &mut out);
+        let err = enc.finish(&mut out).unwrap_err();
+        assert!(err.to_string().contains("11 bytes"), "{err}");
+    }
+    assert!(ObjectEncoder::with_chunk_shift("x", 1, &CodecSettings::default(), 9).is_err());
+    assert!(ObjectEncoder::with_chunk_shift("x", 1, &CodecSettings::default(), 25).is_err());
+}
+
+#[test]
+fn file_helpers_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("000000010000000000000003");
+    let data = wal_like(2 * CS + 77, 12);
+    std::fs::write(&src, &data).unwrap();
+    for (label, settings) in modes() {
+        let mut stored = Vec::new();
+        let sum = encode_file("seg", &src, &settings, &mut stored).unwrap();
+        assert_eq!(sum.stored_len, stored.len() as u64, "{label}");
+        let mut plain = Vec::new();
+        let dsum =
+            decode_to_writer("seg", &mut &stored[..], key_of(&settings), &mut plain).unwrap();
+        assert_eq!(dsum, sum);
+        assert!(plain == data);
+        let mut sink = Vec::new();
+        let err = decode_to_writer(
+            "seg",
+            &mut &stored[..stored.len() - 1],
+            key_of(&settings),
+            &mut sink,
+        )
+        .unwrap_err();
+        assert_eq!(kind(&err), "Truncated");
+    }
+    let missing = dir.path().join("missing");
+    let err = encode_file("seg", &missing, &CodecSettings::default(), &mut Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+#[test]
+fn key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let hexkey = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+    let write = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    };
+    let a = Key::from_hex_file(&write("plain", hexkey)).unwrap();
+    let b = Key::from_hex_file(&write("newline", &format!("{hexkey}\n"))).unwrap();
+    let c = Key::from_hex_file(&write("crlf", &format!("{hexkey}\r\n"))).unwrap();
+    assert_eq!(a.id(), b.id());
+    assert_eq!(a.id(), c.id());
+    assert_eq!(
+        a.id(),
+        Key::from_bytes(hex::decode(hexkey).unwrap().try_into().unwrap()).id()
+    );
+
+    let secretish = "zz112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    for (file, content, expect) in [
+        ("badhex", secretish, "non-hex"),
+        ("short", &hexkey[..63], "found 63"),
+        ("long", &format!("{hexkey}00"), "found 66"),
+        ("empty", "", "found 0"),
+        (
+            "spaces",
+            &format!("{} {}", &hexkey[..32], &hexkey[32..]),
+            "found 65",
+        ),
+    ] {
+        let p = write(file, content);
+        let err = Key::from_hex_file(&p).unwrap_err();
+        assert_eq!(kind(&err), "KeyFile");
+        let msg = err.to_string();
+        assert!(msg.contains(&p.display().to_string()), "{msg}");
+        assert!(msg.contains(expect), "{msg}");
+        assert!(!msg.contains("445566778899"), "key material leaked: {msg}");
+    }
+    let err = Key::from_hex_file(&dir.path().join("nope")).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+
+    // Debug never prints key bytes.
+    let single = format!("{a:?}");
+    let settings = CodecSettings {
+        compression: Compression::Lz4,
+        key: Some(Arc::new(a)),
+    };
+    let dbg = format!("{single} {settings:?}");
+    assert!(!dbg.to_lowercase().contains("00112233"), "{dbg}");
+    assert!(!dbg.contains("[0, 17"), "{dbg}");
+}
+
+fn small_kdf(salt: u8) -> KdfParams {
+    KdfParams {
+        salt: vec![salt; 16],
+        m_cost: 256,
+        t_cost: 1,
+        p_cost: 1,
+    }
+}
+
+#[test]
+fn passphrase_kdf_is_deterministic() {
+    let pass = Secret::new("correct horse battery staple");
+    let k1 = Key::from_passphrase(&pass, &small_kdf(1)).unwrap();
+    let k2 = Key::from_passphrase(&pass, &small_kdf(1)).unwrap();
+    assert_eq!(k1.id(), k2.id());
+    assert_eq!(k1.subkey("chunks"), k2.subkey("chunks"));
+    assert_ne!(k1.subkey("chunks"), k1.subkey("other"));
+    let k3 = Key::from_passphrase(&pass, &small_kdf(2)).unwrap();
+    assert_ne!(k1.id(), k3.id());
+    let k4 =
+        Key::from_passphrase(&Secret::new("Correct horse battery staple"), &small_kdf(1)).unwrap();
+    assert_ne!(k1.id(), k4.id());
+    // Objects written with one derivation decode with the other.
+    let s = CodecSettings {
+        compression: Compression::Lz4,
+        key: Some(Arc::new(k1)),
+    };
+    let (stored, _) = encode_bytes("p", b"data", &s).unwrap();
+    decode_bytes("p", &stored, Some(Arc::new(k2))).unwrap();
+
+    assert_eq!(
+        kind(&Key::from_passphrase(&Secret::new(""), &small_kdf(1)).unwrap_err()),
+        "Kdf"
+    );
+    let mut bad = small_kdf(1);
+    bad.salt = vec![1; 4];
+    assert_eq!(kind(&Key::from_passphrase(&pass, &bad).unwrap_err()), "Kdf");
+    let mut huge = small_kdf(1);
+    huge.m_cost = u32::MAX;
+    assert_eq!(
+        kind(&Key::from_passphrase(&pass, &huge).unwrap_err()),
+        "Kdf"
+    );
+
+    let g = KdfParams::generate();
+    assert_eq!(g.salt.len(), 16);
+    assert_eq!(g.m_cost, 64 * 1024);
+    assert_ne!(g.salt, KdfParams::generate().salt);
+    let json = serde_json::to_string(&g).unwrap();
+    let back: KdfParams = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, g);
+}
+
+#[test]
+fn key_check_detects_a_wrong_key() {
+    let k = key(9);
+    let check = KeyCheck::create(&k);
+    check.verify(&k).unwrap();
+    let err = check.verify(&key(10)).unwrap_err();
+    assert_eq!(kind(&err), "WrongKey");
+    let json = serde_json::to_string(&check).unwrap();
+    let back: KeyCheck = serde_json::from_str(&json).unwrap();
+    back.verify(&k).unwrap();
+    // A forged check with the right key id but a wrong MAC is still refused.
+    let mut forged = check.clone();
+    forged.mac[0] ^= 1;
+    assert_eq!(kind(&forged.verify(&k).unwrap_err()), "WrongKey");
+    assert!(!json.contains(&hex::encode([9u8; 32])));
+}
+
+#[test]
+fn checksum_serde_and_display() {
+    let c = Checksum::of(b"abc");
+    let s = c.to_string();
+    assert_eq!(s.len(), 64);
+    assert_eq!(s.parse::<Checksum>().unwrap(), c);
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(json, format!("\"{s}\""));
+    assert_eq!(serde_json::from_str::<Checksum>(&json).unwrap(), c);
+}
+
+/// CPU time of this thread (Linux `schedstat`), so a measurement on a busy
+/// machine is not skewed by waiting for a core; wall time elsewhere.
+fn cpu_seconds() -> f64 {
+    if let Ok(s) = std::fs::read_to_string("/proc/thread-self/schedstat") {
+        if let Some(ns) = s
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            return ns as f64 / 1e9;
+        }
+    }
+    use std::sync::OnceLock;
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64()
+}
+
+/// Runs `f` `rounds` times; returns MB/s of `bytes` per round in CPU time.
+fn rate(bytes: usize, rounds: usize, mut f: impl FnMut()) -> f64 {
+    let t = cpu_seconds();
+    for _ in 0..rounds {
+        f();
+    }
+    let secs = (cpu_seconds() - t) / rounds as f64;
+    bytes as f64 / 1e6 / secs
+}
+
+/// Throughput of lz4+AES-GCM (and the other modes, and each building block)
+/// on a 16 MiB WAL-like buffer, in CPU time of one core. Run with
+/// `cargo test --release --lib codec::tests::throughput -- --ignored --nocapture`;
+/// `WALSHIP_BENCH_WAL=/path/to/segment` measures a real segment instead.
+#[test]
+#[ignore = "measurement, run in release mode"]
+fn throughput() {
+    #[cfg(target_arch = "x86_64")]
+    println!(
+        "cpu: aes-ni {} pclmulqdq {} avx2 {} sse4.2 {}",
+        std::is_x86_feature_detected!("aes"),
+        std::is_x86_feature_detected!("pclmulqdq"),
+        std::is_x86_feature_detected!("avx2"),
+        std::is_x86_feature_detected!("sse4.2")
+    );
+    let data = match std::env::var_os("WALSHIP_BENCH_WAL") {
+        Some(p) => std::fs::read(&p).unwrap(),
+        None => wal_like(16 << 20, 42),
+    };
+    let n = data.len();
+    let rounds = 8;
+    // Building blocks, per 1 MiB chunk as the codec uses them.
+    let mut comp = vec![0u8; lz4_flex::block::get_maximum_output_size(CS)];
+    let mut plain = vec![0u8; CS];
+    let lz4c = rate(n, rounds, || {
+        for c in data.chunks(CS) {
+            std::hint::black_box(lz4_flex::block::compress_into(c, &mut comp).unwrap());
+        }
+    });
+    let packed: Vec<Vec<u8>> = data.chunks(CS).map(lz4_flex::block::compress).collect();
+    let lz4d = rate(n, rounds, || {
+        for (c, p) in packed.iter().zip(data.chunks(CS)) {
+            let m = lz4_flex::block::decompress_into(c, &mut plain[..p.len()]).unwrap();
+            std::hint::black_box(m);
+        }
+    });
+    let b3 = rate(n, rounds, || {
+        std::hint::black_box(blake3::hash(&data));
+    });
+    let crc = rate(n, rounds, || {
+        std::hint::black_box(crc32c::crc32c(&data));
+    });
+    use aes_gcm::aead::{AeadInPlace, KeyInit};
+    let cipher = aes_gcm::Aes256Gcm::new(&[1u8; 32].into());
+    let mut buf = data.clone();
+    let gcm = rate(n, rounds, || {
+        for c in buf.chunks_mut(CS) {
+            let t = cipher
+                .encrypt_in_place_detached(&[0u8; 12].into(), b"ad", c)
+                .unwrap();
+            std::hint::black_box(t);
+        }
+    });
+    println!(
+        "blocks (MB/s): lz4 compress {lz4c:.0}, lz4 decompress {lz4d:.0}, blake3 {b3:.0}, crc32c {crc:.0}, aes-256-gcm {gcm:.0}"
+    );
+    for (label, settings) in modes() {
+        let mut stored = Vec::new();
+        let enc = rate(n, rounds, || {
+            stored = encode_bytes("bench", &data, &settings).unwrap().0;
+        });
+        let mut out = Vec::with_capacity(n);
+        let dec = rate(n, rounds, || {
+            out.clear();
+            let mut dec = ObjectDecoder::new("bench", key_of(&settings));
+            for piece in stored.chunks(1 << 20) {
+                dec.feed(piece, &mut out).unwrap();
+            }
+            dec.finish().unwrap();
+        });
+        assert!(out == data);
+        println!(
+            "{label:9} {:.1} MB -> {:.1} MB ({:.0}%): encode {enc:.0} MB/s, decode {dec:.0} MB/s (plaintext, one core)",
+            n as f64 / 1e6,
+            stored.len() as f64 / 1e6,
+            100.0 * stored.len() as f64 / n as f64,
+        );
+    }
+}
+
+/// The test vectors printed in `docs/format.md`, so a second reader can be
+/// checked against them; this test keeps the document truthful.
+fn test_vectors() -> Vec<(&'static str, String)> {
+    let mut key_bytes = [0u8; 32];
+    for (i, b) in key_bytes.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let key = Arc::new(Key::from_bytes(key_bytes));
+    let plain = b"hello, walship";
+    let mut out = Vec::new();
+    for (label, settings) in [
+        (
+            "lz4+enc",
+            CodecSettings {
+                compression: Compression::Lz4,
+                key: Some(key.clone()),
+            },
+        ),
+        ("lz4", CodecSettings::default()),
+    ] {
+        let mut enc =
+            ObjectEncoder::with_salt("vector", plain.len() as u64, &settings, 10, [0x5a; 32]);
+        let mut stored = enc.header();
+        enc.push(plain, &mut stored);
+        enc.finish(&mut stored).unwrap();
+        let (back, _) = decode_bytes("vector", &stored, settings.key.clone()).unwrap();
+        assert_eq!(back, plain);
+        out.push((label, hex::encode(&stored)));
+    }
+    out
+}
+
+#[test]
+fn test_vectors_match_the_format_document() {
+    let doc = include_str!("../../docs/format.md");
+    let flat: String = doc.chars().filter(|c| !c.is_whitespace()).collect();
+    let vectors = test_vectors();
+    let missing: Vec<String> = vectors
+        .iter()
+        .filter(|(_, hex)| !flat.contains(hex.as_str()))
+        .map(|(label, hex)| format!("{label}: {hex}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/format.md lacks test vectors:\n{}",
+        missing.join("\n")
+    );
+    let key = Key::from_bytes(std::array::from_fn(|i| i as u8));
+    let id = key.id().to_string();
+    assert!(flat.contains(&id), "docs/format.md lacks the key id {id}");
+}
+
+#[test]
+fn codec_types_can_cross_threads() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<ObjectEncoder>();
+    send_sync::<ObjectDecoder>();
+    send_sync::<CodecError>();
+    send_sync::<CodecSettings>();
+}
+
+#[test]
+fn random_damage_never_panics_and_is_always_reported() {
+    let data = wal_like(6 * 1024 + 100, 13);
+    let mut rng = fastrand::Rng::with_seed(14);
+    for (label, settings) in modes() {
+        let stored = encode_small("dmg", &data, &settings, 10);
+        for _ in 0..2000 {
+            let mut bad = stored.clone();
+            match rng.u8(0..3) {
+                0 => {
+                    for _ in 0..rng.usize(1..8) {
+                        let i = rng.usize(0..bad.len());
+                        bad[i] = rng.u8(..);
+                    }
+                }
+                1 => {
+                    let at = rng.usize(0..bad.len());
+                    let n = rng.usize(1..64).min(bad.len() - at);
+                    bad.drain(at..at + n);
+                }
+                _ => {
+                    let at = rng.usize(0..bad.len());
+                    let junk = random_bytes(rng.usize(1..64), rng.u64(..));
+                    bad.splice(at..at, junk);
+                }
+            }
+            if bad == stored {
+                continue;
+            }
+            let mut dec = ObjectDecoder::new("dmg", key_of(&settings));
+            let mut out = Vec::new();
+            let mut rest = &bad[..];
+            let mut failed = false;
+            while !rest.is_empty() {
+                let n = rng.usize(1..=rest.len().min(3000));
+                if dec.feed(&rest[..n], &mut out).is_err() {
+                    failed = true;
+                    break;
+                }
+                rest = &rest[n..];
+            }
+            if !failed {
+                assert!(dec.finish().is_err(), "{label}: damage not detected");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_absurd_frame_length_is_refused_before_buffering() {
+    for (label, settings) in modes() {
+        let (stored, _) = encode_bytes("len", &wal_like(5000, 1), &settings).unwrap();
+        let mut bad = stored[..HEADER_LEN + 8].to_vec();
+        bad[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut dec = ObjectDecoder::new("len", key_of(&settings));
+        let err = dec.feed(&bad, &mut Vec::new()).unwrap_err();
+        assert_eq!(kind(&err), "Corrupt", "{label}: {err}");
+        assert!(err.to_string().contains("chunk 0"), "{err}");
+        assert!(
+            err.to_string().contains(&format!("offset {HEADER_LEN}")),
+            "{err}"
+        );
+    }
+}
