@@ -1,0 +1,9 @@
+//! Shared test harness: real PostgreSQL clusters ([`pg`]) and a real S3
+//! server ([`s3`]). Each test binary uses a subset, hence `dead_code`.
+#![allow(dead_code)]
+
+pub mod pg;
+pub mod s3;
+
+#[allow(unused_imports)]
+pub use pg::{run_walship, walship_bin, AuthMethod, Cluster, ClusterBuilder, PgBin, TestPki};
