@@ -1,5 +1,6 @@
 //! What the repository means: the stanza, the WAL archive and its index.
 //!
+//! - [`backup`]: base backups: their manifests and catalog.
 //! - [`stanza`]: the stanza file and the cluster identity it records.
 //! - [`layout`]: where each kind of object lives (object keys).
 //! - [`wal`]: pushing and fetching WAL files, with the no-overwrite rule.
@@ -11,6 +12,7 @@
 //! object goes through the codec with its full key as the name bound into
 //! the encryption, so an object moved or swapped fails to decode.
 
+pub mod backup;
 pub mod catalog;
 pub mod error;
 pub mod index;
