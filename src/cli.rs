@@ -93,6 +93,11 @@ pub struct ArchiveGetArgs {
     pub walfile: String,
     /// Where to write it, %p.
     pub dest: PathBuf,
+    /// When the full segment is missing, serve the newest stored `.partial` of
+    /// that name, zero-padded to the segment size, if it is the last segment
+    /// of its timeline (recovery to the latest point only).
+    #[arg(long)]
+    pub allow_partial: bool,
 }
 
 /// `stream`
@@ -281,9 +286,11 @@ pub fn main() -> ExitCode {
 
 fn init_logging(level: tracing::Level) {
     // Logs go to stderr; stdout is for the data a command reports.
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }
