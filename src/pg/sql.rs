@@ -357,81 +357,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
         match session
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|leaf| tls_server_end_point(leaf.as_ref()))
+            .and_then(|leaf| crate::pg::tls::end_point_hash(leaf.as_ref()))
         {
             Some(hash) => ChannelBinding::tls_server_end_point(hash),
             None => ChannelBinding::none(),
         }
     }
-}
-
-/// RFC 5929 `tls-server-end-point`: the hash of the server certificate with
-/// the hash of its signature algorithm (SHA-256 for MD5 and SHA-1). `None`
-/// for a signature algorithm without a defined hash (Ed25519, RSA-PSS
-/// parameters we do not parse), so SCRAM goes without channel binding.
-fn tls_server_end_point(cert_der: &[u8]) -> Option<Vec<u8>> {
-    use ring::digest;
-    let alg = signature_algorithm_oid(cert_der)?;
-    let hash = match alg {
-        // sha256WithRSAEncryption, ecdsa-with-SHA256, and the weaker MD5/SHA-1
-        // forms, which RFC 5929 maps to SHA-256.
-        OID_SHA256_RSA | OID_ECDSA_SHA256 | OID_MD5_RSA | OID_SHA1_RSA | OID_ECDSA_SHA1 => {
-            &digest::SHA256
-        }
-        OID_SHA384_RSA | OID_ECDSA_SHA384 => &digest::SHA384,
-        OID_SHA512_RSA | OID_ECDSA_SHA512 => &digest::SHA512,
-        _ => return None,
-    };
-    Some(digest::digest(hash, cert_der).as_ref().to_vec())
-}
-
-const OID_MD5_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x04];
-const OID_SHA1_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05];
-const OID_SHA256_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
-const OID_SHA384_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
-const OID_SHA512_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d];
-const OID_ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
-const OID_ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
-const OID_ECDSA_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
-const OID_ECDSA_SHA512: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04];
-
-/// One DER element at the start of `buf`: (tag, contents, rest).
-fn der_element(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let tag = *buf.first()?;
-    let first = *buf.get(1)? as usize;
-    let (len, header) = if first < 0x80 {
-        (first, 2)
-    } else {
-        let n = first & 0x7f;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for i in 0..n {
-            len = (len << 8) | *buf.get(2 + i)? as usize;
-        }
-        (len, 2 + n)
-    };
-    let end = header.checked_add(len)?;
-    Some((tag, buf.get(header..end)?, buf.get(end..)?))
-}
-
-/// The OID of `Certificate.signatureAlgorithm` (RFC 5280: a SEQUENCE of
-/// tbsCertificate, signatureAlgorithm, signatureValue).
-fn signature_algorithm_oid(cert: &[u8]) -> Option<&[u8]> {
-    const SEQUENCE: u8 = 0x30;
-    const OID: u8 = 0x06;
-    let (tag, body, _) = der_element(cert)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (_, _tbs, rest) = der_element(body)?;
-    let (tag, alg, _) = der_element(rest)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (tag, oid, _) = der_element(alg)?;
-    (tag == OID).then_some(oid)
 }
 
 #[cfg(test)]
@@ -510,23 +441,5 @@ mod tests {
             other => panic!("expected a timeout, got {other:?}"),
         }
         drop(silent);
-    }
-
-    #[test]
-    fn der_signature_algorithm_is_found() {
-        // A minimal Certificate: SEQUENCE { SEQUENCE {} (tbs),
-        // SEQUENCE { OID sha384WithRSAEncryption, NULL }, BIT STRING }.
-        let mut alg = vec![0x06, OID_SHA384_RSA.len() as u8];
-        alg.extend_from_slice(OID_SHA384_RSA);
-        alg.extend_from_slice(&[0x05, 0x00]);
-        let mut body = vec![0x30, 0x00, 0x30, alg.len() as u8];
-        body.extend_from_slice(&alg);
-        body.extend_from_slice(&[0x03, 0x01, 0x00]);
-        let mut cert = vec![0x30, body.len() as u8];
-        cert.extend_from_slice(&body);
-        assert_eq!(signature_algorithm_oid(&cert), Some(OID_SHA384_RSA));
-        assert_eq!(tls_server_end_point(&cert).unwrap().len(), 48);
-        assert_eq!(signature_algorithm_oid(&cert[..cert.len() - 2]), None);
-        assert_eq!(signature_algorithm_oid(&[0x30, 0x85, 1, 2, 3, 4, 5]), None);
     }
 }

@@ -223,65 +223,80 @@ pub(crate) async fn handshake(
         .map_err(|e| PgError::Tls(format!("handshake with {target} failed: {e}")))
 }
 
-/// The `tls-server-end-point` channel-binding data (RFC 5929): the server
-/// certificate hashed with its signature's hash function (SHA-256 for MD5 and
-/// SHA-1). `None` when the certificate's signature algorithm has no single
-/// hash (Ed25519, RSA-PSS) or cannot be read; SCRAM then goes without binding.
+/// The `tls-server-end-point` channel-binding data of a replication
+/// connection's TLS session (see [`end_point_hash`]).
 pub(crate) fn tls_server_end_point(stream: &TlsStream<TcpStream>) -> Option<Vec<u8>> {
     let cert = stream.get_ref().1.peer_certificates()?.first()?;
-    let alg = match signature_algorithm_oid(cert.as_ref())? {
-        // md5WithRSA, sha1WithRSA, sha256WithRSA, ecdsa-with-SHA1, ecdsa-with-SHA256
-        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x04 | 0x05 | 0x0b]
-        | [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01]
-        | [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02] => &ring::digest::SHA256,
-        // sha384WithRSA, ecdsa-with-SHA384
-        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c]
-        | [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03] => &ring::digest::SHA384,
-        // sha512WithRSA, ecdsa-with-SHA512
-        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d]
-        | [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04] => &ring::digest::SHA512,
+    end_point_hash(cert.as_ref())
+}
+
+/// RFC 5929 `tls-server-end-point`: the hash of the server certificate with
+/// the hash of its signature algorithm (SHA-256 for MD5 and SHA-1). `None`
+/// for a signature algorithm without a defined hash (Ed25519, RSA-PSS
+/// parameters we do not parse), so SCRAM goes without channel binding.
+pub(crate) fn end_point_hash(cert_der: &[u8]) -> Option<Vec<u8>> {
+    use ring::digest;
+    let alg = signature_algorithm_oid(cert_der)?;
+    let hash = match alg {
+        // sha256WithRSAEncryption, ecdsa-with-SHA256, and the weaker MD5/SHA-1
+        // forms, which RFC 5929 maps to SHA-256.
+        OID_SHA256_RSA | OID_ECDSA_SHA256 | OID_MD5_RSA | OID_SHA1_RSA | OID_ECDSA_SHA1 => {
+            &digest::SHA256
+        }
+        OID_SHA384_RSA | OID_ECDSA_SHA384 => &digest::SHA384,
+        OID_SHA512_RSA | OID_ECDSA_SHA512 => &digest::SHA512,
         _ => return None,
     };
-    Some(ring::digest::digest(alg, cert.as_ref()).as_ref().to_vec())
+    Some(digest::digest(hash, cert_der).as_ref().to_vec())
 }
 
-/// Reads one DER TLV at the start of `der`: (tag, contents, rest).
-fn der_tlv(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = der.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
+const OID_MD5_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x04];
+const OID_SHA1_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05];
+const OID_SHA256_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
+const OID_SHA384_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
+const OID_SHA512_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d];
+const OID_ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+const OID_ECDSA_SHA256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+const OID_ECDSA_SHA384: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
+const OID_ECDSA_SHA512: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04];
+
+/// One DER element at the start of `buf`: (tag, contents, rest).
+fn der_element(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *buf.first()?;
+    let first = *buf.get(1)? as usize;
+    let (len, header) = if first < 0x80 {
+        (first, 2)
     } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
             return None;
         }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-        (len, &rest[n..])
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *buf.get(2 + i)? as usize;
+        }
+        (len, 2 + n)
     };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
+    let end = header.checked_add(len)?;
+    Some((tag, buf.get(header..end)?, buf.get(end..)?))
 }
 
-/// The OID (content bytes) of `Certificate.signatureAlgorithm`.
+/// The OID of `Certificate.signatureAlgorithm` (RFC 5280: a SEQUENCE of
+/// tbsCertificate, signatureAlgorithm, signatureValue).
 fn signature_algorithm_oid(cert: &[u8]) -> Option<&[u8]> {
-    let (0x30, cert, _) = der_tlv(cert)? else {
+    const SEQUENCE: u8 = 0x30;
+    const OID: u8 = 0x06;
+    let (tag, body, _) = der_element(cert)?;
+    if tag != SEQUENCE {
         return None;
-    };
-    let (0x30, _tbs, rest) = der_tlv(cert)? else {
+    }
+    let (_, _tbs, rest) = der_element(body)?;
+    let (tag, alg, _) = der_element(rest)?;
+    if tag != SEQUENCE {
         return None;
-    };
-    let (0x30, alg, _) = der_tlv(rest)? else {
-        return None;
-    };
-    let (0x06, oid, _) = der_tlv(alg)? else {
-        return None;
-    };
-    Some(oid)
+    }
+    let (tag, oid, _) = der_element(alg)?;
+    (tag == OID).then_some(oid)
 }
 
 /// `sslmode=require`: any certificate is accepted, but the handshake
