@@ -6,37 +6,15 @@
 
 mod support;
 
+use support::repl::{connect, connect_ok, WAIT};
+
 use std::time::Duration;
 
 use support::pg::{AuthMethod, Cluster, TestPki, DEFAULT_PASSWORD};
-use walship::pg::conn::ReplicationConnection;
-use walship::pg::conninfo::ConnConfig;
 use walship::pg::replication::{StreamMessage, WalStream};
 use walship::pg::wal::segment::WalSegSize;
 use walship::pg::wal::Lsn;
 use walship::pg::PgError;
-
-/// Upper bound for any wait on the server in these tests.
-const WAIT: Duration = Duration::from_secs(30);
-
-/// Parses a conninfo string without the developer's `PG*` variables or
-/// `~/.pgpass`, so only what the test says is used.
-fn config(conninfo: &str) -> ConnConfig {
-    ConnConfig::parse_with_env(conninfo, &|_| None)
-        .unwrap_or_else(|e| panic!("parse conninfo {conninfo:?}: {e}"))
-}
-
-async fn connect(conninfo: &str) -> Result<ReplicationConnection, PgError> {
-    tokio::time::timeout(WAIT, ReplicationConnection::connect(&config(conninfo)))
-        .await
-        .unwrap_or_else(|_| panic!("connecting with {conninfo:?} took more than {WAIT:?}"))
-}
-
-async fn connect_ok(conninfo: &str) -> ReplicationConnection {
-    connect(conninfo)
-        .await
-        .unwrap_or_else(|e| panic!("connect with {conninfo:?}: {e}"))
-}
 
 fn lsn(text: &str) -> Lsn {
     text.parse()

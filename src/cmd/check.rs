@@ -11,8 +11,6 @@ use serde::Serialize;
 
 use crate::cli::CheckArgs;
 use crate::config::Settings;
-use crate::pg::conn::ReplicationConnection;
-use crate::pg::conninfo::ConnConfig;
 use crate::pg::replication::StreamMessage;
 
 /// The `check --json` document.
@@ -51,10 +49,7 @@ pub struct StreamedReport {
 
 /// Runs `walship check`.
 pub async fn run(settings: &Settings, args: &CheckArgs) -> anyhow::Result<ExitCode> {
-    let cfg = ConnConfig::parse(&settings.pg).context("PostgreSQL connection settings")?;
-    let mut conn = ReplicationConnection::connect(&cfg)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let mut conn = super::connect_replication(settings).await?;
     let system = conn.identify_system().await.context("IDENTIFY_SYSTEM")?;
     let seg_size = conn
         .wal_segment_size()

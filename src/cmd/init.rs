@@ -6,16 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::config::Settings;
-use crate::pg::conn::ReplicationConnection;
-use crate::pg::conninfo::ConnConfig;
 use crate::repo::{ClusterIdentity, Repository};
 
 /// Connects over the replication protocol and reads what identifies the cluster.
 pub async fn cluster_identity(settings: &Settings) -> anyhow::Result<(ClusterIdentity, String)> {
-    let cfg = ConnConfig::parse(&settings.pg).context("PostgreSQL connection settings")?;
-    let mut conn = ReplicationConnection::connect(&cfg)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let mut conn = super::connect_replication(settings).await?;
     let system = conn.identify_system().await.context("IDENTIFY_SYSTEM")?;
     let seg_size = conn
         .wal_segment_size()

@@ -8,9 +8,12 @@ use crate::config::Settings;
 
 pub mod archive_get;
 pub mod archive_push;
+pub mod backup;
 pub mod check;
 pub mod info;
 pub mod init;
+pub mod restore;
+pub mod stream;
 pub mod verify;
 
 /// archive-get's exit code for every failure that must stop recovery (not "not found").
@@ -44,9 +47,14 @@ pub fn run(command: Command, settings: Settings, global: &GlobalArgs) -> ExitCod
         }
         Command::PrefetchWorker(args) => multi_thread()
             .and_then(|rt| rt.block_on(archive_get::prefetch_worker(&settings, &args))),
-        Command::Stream(_) => Err(anyhow::anyhow!("stream is not implemented yet")),
-        Command::Backup(_) => Err(anyhow::anyhow!("backup is not implemented yet")),
-        Command::Restore(_) => Err(anyhow::anyhow!("restore is not implemented yet")),
+        Command::Stream(args) => {
+            multi_thread().and_then(|rt| rt.block_on(stream::run(&settings, &args)))
+        }
+        Command::Backup(args) => {
+            multi_thread().and_then(|rt| rt.block_on(backup::run(&settings, &args)))
+        }
+        Command::Restore(args) => multi_thread()
+            .and_then(|rt| rt.block_on(restore::run(&settings, &args, global))),
     };
     match result {
         Ok(code) => code,
@@ -55,6 +63,18 @@ pub fn run(command: Command, settings: Settings, global: &GlobalArgs) -> ExitCod
             ExitCode::from(1)
         }
     }
+}
+
+/// Opens a replication connection with the resolved `--pg` settings.
+pub async fn connect_replication(
+    settings: &Settings,
+) -> anyhow::Result<crate::pg::conn::ReplicationConnection> {
+    use anyhow::Context;
+    let cfg = crate::pg::conninfo::ConnConfig::parse(&settings.pg)
+        .context("PostgreSQL connection settings")?;
+    crate::pg::conn::ReplicationConnection::connect(&cfg)
+        .await
+        .context("connecting to PostgreSQL")
 }
 
 fn multi_thread() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod repl;
+pub mod restored;
 pub mod s3;
 
 #[allow(unused_imports)]

@@ -1,4 +1,4 @@
-//! Scratch integration tests of the replication client's behaviours that
+//! Integration tests of the replication client's behaviours that
 //! `tests/protocol.rs` does not cover: keepalive replies and periodic status
 //! updates (the server's `wal_sender_timeout` kills a silent client), stopping
 //! a stream early and reusing the connection, channel binding, multi-host
@@ -6,26 +6,12 @@
 
 mod support;
 
+use support::repl::connect;
+
 use std::time::{Duration, Instant};
 
 use support::pg::{AuthMethod, Cluster};
-use walship::pg::conn::ReplicationConnection;
-use walship::pg::conninfo::ConnConfig;
 use walship::pg::replication::{StreamMessage, WalStream};
-use walship::pg::PgError;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-fn config(conninfo: &str) -> ConnConfig {
-    ConnConfig::parse_with_env(conninfo, &|_| None)
-        .unwrap_or_else(|e| panic!("parse conninfo {conninfo:?}: {e}"))
-}
-
-async fn connect(conninfo: &str) -> Result<ReplicationConnection, PgError> {
-    tokio::time::timeout(WAIT, ReplicationConnection::connect(&config(conninfo)))
-        .await
-        .unwrap_or_else(|_| panic!("connecting with {conninfo:?} took more than {WAIT:?}"))
-}
 
 /// Streams for `how_long`; returns (keepalives asking for a reply, XLogData count).
 async fn stream_for(stream: &mut WalStream, how_long: Duration) -> (u32, u32) {
