@@ -21,6 +21,16 @@ pub const EXIT_ARCHIVE_GET_FATAL: u8 = 126;
 
 /// Runs one command and maps its outcome to the exit codes of the interface.
 pub fn run(command: Command, settings: Settings, global: &GlobalArgs) -> ExitCode {
+    // Every command but `check` works on a repository: its absence is a usage error.
+    if !matches!(command, Command::Check(_)) {
+        if let Err(e) = settings.repo() {
+            eprintln!("walship: {e}");
+            return match command {
+                Command::ArchiveGet(_) => ExitCode::from(EXIT_ARCHIVE_GET_FATAL),
+                _ => ExitCode::from(2),
+            };
+        }
+    }
     let result = match command {
         // The hooks run once per segment: a single-threaded runtime starts fastest.
         Command::ArchivePush(args) => {
