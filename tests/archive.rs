@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use support::pg::give_to_test_user;
 use support::s3::S3Server;
 use support::{run_walship, walship_bin, Cluster};
 
@@ -25,7 +26,10 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Scratch {
-        let dir = tempfile::Builder::new().prefix("walship-archive-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("walship-archive-")
+            .tempdir()
+            .unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         Scratch { dir }
     }
@@ -49,23 +53,6 @@ impl Scratch {
     }
 }
 
-fn give_to_test_user(path: &Path) {
-    if unsafe_is_root() {
-        let ok = std::process::Command::new("chown")
-            .arg("-R")
-            .arg(support::pg::TEST_USER)
-            .arg(path)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "chown {}", path.display());
-    }
-}
-
-fn unsafe_is_root() -> bool {
-    std::process::Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -78,11 +65,18 @@ fn stdout(o: &Output) -> String {
 /// archive_command line: only non-secret settings and file paths).
 fn archiving_cluster(env: &[(&str, String)]) -> Cluster {
     let assignments: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let command = format!("{} {} archive-push %p", assignments.join(" "), walship_bin().display());
+    let command = format!(
+        "{} {} archive-push %p",
+        assignments.join(" "),
+        walship_bin().display()
+    );
     Cluster::builder()
         .wal_segsize_mb(1)
         .conf("archive_mode = on")
-        .conf(format!("archive_command = '{}'", command.replace('\'', "''")))
+        .conf(format!(
+            "archive_command = '{}'",
+            command.replace('\'', "''")
+        ))
         .conf("wal_keep_size = '1GB'")
         .conf("checkpoint_timeout = '1h'")
         .start()
@@ -97,10 +91,20 @@ fn wait_archived(cluster: &Cluster) -> String {
         let row = cluster.psql("SELECT coalesce(last_archived_wal, ''), failed_count, coalesce(last_failed_wal, '') FROM pg_stat_archiver");
         let parts: Vec<&str> = row.trim().split('|').collect();
         if parts[0] >= last.trim() {
-            assert_eq!(parts[1], "0", "archive_command failed for {}: {}", parts[2], cluster.log());
+            assert_eq!(
+                parts[1],
+                "0",
+                "archive_command failed for {}: {}",
+                parts[2],
+                cluster.log()
+            );
             return last.trim().to_string();
         }
-        assert!(Instant::now() < deadline, "archiving did not reach {last}: {row}\n{}", cluster.log());
+        assert!(
+            Instant::now() < deadline,
+            "archiving did not reach {last}: {row}\n{}",
+            cluster.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -110,7 +114,12 @@ fn archived_segments(cluster: &Cluster) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(cluster.pg_wal_dir().join("archive_status"))
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".done")).map(str::to_string))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".done"))
+                .map(str::to_string)
+        })
         .filter(|n| n.len() == 24)
         .collect();
     names.sort();
@@ -138,7 +147,10 @@ fn archive_round_trip(env: Vec<(&'static str, String)>, scratch: &Scratch) {
     cluster.pgbench(&["-T", "4", "-c", "2"]);
     let last = wait_archived(&cluster);
     let segments = archived_segments(&cluster);
-    assert!(segments.len() >= 5, "expected several archived segments, got {segments:?}");
+    assert!(
+        segments.len() >= 5,
+        "expected several archived segments, got {segments:?}"
+    );
     assert!(segments.iter().any(|s| s.as_str() == last));
 
     let out_dir = scratch.path("restored");
@@ -155,11 +167,17 @@ fn archive_round_trip(env: Vec<(&'static str, String)>, scratch: &Scratch) {
     let o = walship(&["info", "--json"], &env);
     assert!(o.status.success(), "info: {}", stderr(&o));
     let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(info["system_id"].as_str().unwrap(), cluster.system_id().to_string());
+    assert_eq!(
+        info["system_id"].as_str().unwrap(),
+        cluster.system_id().to_string()
+    );
     let tl = &info["timelines"][0];
     assert_eq!(tl["timeline"], 1);
     assert_eq!(tl["gaps"].as_array().unwrap().len(), 0, "{info}");
-    assert_eq!(tl["last_segment"].as_str().unwrap(), segments.last().unwrap());
+    assert_eq!(
+        tl["last_segment"].as_str().unwrap(),
+        segments.last().unwrap()
+    );
     assert!(info["recoverable"]["latest_time"].is_string(), "{info}");
     assert!(info["recoverable"]["latest_lsn"].is_string(), "{info}");
 
@@ -168,8 +186,20 @@ fn archive_round_trip(env: Vec<(&'static str, String)>, scratch: &Scratch) {
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(report["objects_checked"].as_u64().unwrap() >= segments.len() as u64);
 
-    let o = walship(&["archive-get", "0000000100000000000000FF", out_dir.join("x").to_str().unwrap()], &env);
-    assert_eq!(o.status.code(), Some(1), "a missing segment is exit 1: {}", stderr(&o));
+    let o = walship(
+        &[
+            "archive-get",
+            "0000000100000000000000FF",
+            out_dir.join("x").to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a missing segment is exit 1: {}",
+        stderr(&o)
+    );
     assert!(!out_dir.join("x").exists());
 }
 
@@ -178,12 +208,22 @@ fn archive_command_to_local_directory_under_pgbench() {
     let scratch = Scratch::new();
     let repo = scratch.user_dir("repo");
     let key = scratch.key_file("key", KEY_HEX);
-    let env = vec![("WALSHIP_REPO", repo.display().to_string()), ("WALSHIP_KEY_FILE", key.display().to_string())];
+    let env = vec![
+        ("WALSHIP_REPO", repo.display().to_string()),
+        ("WALSHIP_KEY_FILE", key.display().to_string()),
+    ];
     archive_round_trip(env, &scratch);
     // Repository files are private.
     let stanza = fs::metadata(repo.join("main/stanza.json")).unwrap();
     assert_eq!(stanza.permissions().mode() & 0o777, 0o600);
-    assert_eq!(fs::metadata(repo.join("main")).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        fs::metadata(repo.join("main"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
 }
 
 #[test]
@@ -210,7 +250,10 @@ fn archive_command_to_s3_under_pgbench() {
         ("WALSHIP_S3_PATH_STYLE", "true".to_string()),
         ("WALSHIP_S3_REGION", "us-east-1".to_string()),
         ("AWS_SHARED_CREDENTIALS_FILE", creds.display().to_string()),
-        ("AWS_CONFIG_FILE", scratch.path("no-aws-config").display().to_string()),
+        (
+            "AWS_CONFIG_FILE",
+            scratch.path("no-aws-config").display().to_string(),
+        ),
         ("WALSHIP_KEY_FILE", key.display().to_string()),
     ];
     archive_round_trip(env_refs(&env), &scratch);
@@ -228,7 +271,10 @@ fn wal_sample() -> WalSample {
 
 /// At least `n` finished segments.
 fn wal_sample_of(n: usize) -> WalSample {
-    let cluster = Cluster::builder().wal_segsize_mb(1).conf("wal_keep_size = '1GB'").start();
+    let cluster = Cluster::builder()
+        .wal_segsize_mb(1)
+        .conf("wal_keep_size = '1GB'")
+        .start();
     cluster.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 20000) g");
     cluster.psql("SELECT pg_switch_wal()");
     for _ in 0..n {
@@ -246,8 +292,14 @@ fn wal_sample_of(n: usize) -> WalSample {
     // The newest segment is still being written; leave it out.
     names.pop();
     assert!(names.len() >= 2, "{names:?}");
-    let segments = names.into_iter().map(|n| (n.clone(), dir.join(n))).collect();
-    WalSample { _cluster: cluster, segments }
+    let segments = names
+        .into_iter()
+        .map(|n| (n.clone(), dir.join(n)))
+        .collect();
+    WalSample {
+        _cluster: cluster,
+        segments,
+    }
 }
 
 fn fs_env(repo: &Path, key: Option<&Path>) -> Vec<(&'static str, String)> {
@@ -288,8 +340,16 @@ fn get_fails_fatally(name: &str, env: &[(&'static str, String)], scratch: &Scrat
     let dest = scratch.path(&format!("get-{name}"));
     let o = walship(&["archive-get", name, dest.to_str().unwrap()], env);
     let code = o.status.code().unwrap();
-    assert!(code >= 126, "archive-get must stop recovery (exit >= 126), got {code}: {}", stderr(&o));
-    assert!(stderr(&o).contains(expect), "expected `{expect}` in: {}", stderr(&o));
+    assert!(
+        code >= 126,
+        "archive-get must stop recovery (exit >= 126), got {code}: {}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains(expect),
+        "expected `{expect}` in: {}",
+        stderr(&o)
+    );
     assert!(!dest.exists(), "nothing may be written on failure");
 }
 
@@ -319,7 +379,11 @@ fn tampered_objects_stop_recovery_with_the_object_named() {
     get_fails_fatally(a, &env, &scratch, a);
     let o = walship(&["verify"], &env);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stdout(&o).contains(a), "verify names the object: {}", stdout(&o));
+    assert!(
+        stdout(&o).contains(a),
+        "verify names the object: {}",
+        stdout(&o)
+    );
 
     // Truncated.
     fs::write(&pa, &good_a[..good_a.len() - 100]).unwrap();
@@ -365,9 +429,17 @@ fn wrong_or_missing_key_is_named_as_such() {
     fs::write(&bad, "not-a-key-secretvalue\n").unwrap();
     let o = push(&sample.segments[1].1, &fs_env(&repo, Some(&bad)));
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("bad-key") && !stderr(&o).contains("secretvalue"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("bad-key") && !stderr(&o).contains("secretvalue"),
+        "{}",
+        stderr(&o)
+    );
 
-    assert_eq!(before, snapshot(&repo), "failed pushes changed the repository");
+    assert_eq!(
+        before,
+        snapshot(&repo),
+        "failed pushes changed the repository"
+    );
 }
 
 #[test]
@@ -399,16 +471,32 @@ fn another_clusters_wal_and_conflicting_content_are_refused() {
     fs::write(&imposter, &bytes).unwrap();
     let o = push(&imposter, &env);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("different content") && stderr(&o).contains("checksum"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("different content") && stderr(&o).contains("checksum"),
+        "{}",
+        stderr(&o)
+    );
 
     // An unreadable source file.
     let o = push(&scratch.path("000000010000000000000042"), &env);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("000000010000000000000042"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("000000010000000000000042"),
+        "{}",
+        stderr(&o)
+    );
 
-    assert_eq!(before, snapshot(&repo), "refused pushes changed the repository");
+    assert_eq!(
+        before,
+        snapshot(&repo),
+        "refused pushes changed the repository"
+    );
     let dest = scratch.path("back");
-    assert!(walship(&["archive-get", name, dest.to_str().unwrap()], &env).status.success());
+    assert!(
+        walship(&["archive-get", name, dest.to_str().unwrap()], &env)
+            .status
+            .success()
+    );
     assert!(fs::read(&dest).unwrap() == fs::read(path).unwrap());
 }
 
@@ -424,11 +512,18 @@ fn history_and_backup_files_are_accepted() {
     let o = push(&history, &env);
     assert!(o.status.success(), "{}", stderr(&o));
     let backup = scratch.path("000000010000000000000002.00000028.backup");
-    fs::write(&backup, "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n").unwrap();
+    fs::write(
+        &backup,
+        "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n",
+    )
+    .unwrap();
     let o = push(&backup, &env);
     assert!(o.status.success(), "{}", stderr(&o));
     let dest = scratch.path("h");
-    let o = walship(&["archive-get", "00000002.history", dest.to_str().unwrap()], &env);
+    let o = walship(
+        &["archive-get", "00000002.history", dest.to_str().unwrap()],
+        &env,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(fs::read(&dest).unwrap(), fs::read(&history).unwrap());
 }
@@ -445,7 +540,10 @@ fn full_disk_in_the_repository_fails_cleanly() {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok, "this test mounts a small tmpfs and needs root (CI runs as root)");
+    assert!(
+        ok,
+        "this test mounts a small tmpfs and needs root (CI runs as root)"
+    );
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -463,7 +561,11 @@ fn full_disk_in_the_repository_fails_cleanly() {
     let o = push(&sample.segments[1].1, &env);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("disk full"), "{}", stderr(&o));
-    assert_eq!(before, snapshot(&repo), "a failed push left something behind");
+    assert_eq!(
+        before,
+        snapshot(&repo),
+        "a failed push left something behind"
+    );
 }
 
 #[test]
@@ -490,7 +592,10 @@ fn s3_server_down_then_back() {
     let o = push(&sample.segments[1].1, &env);
     assert!(o.status.success(), "{}", stderr(&o));
     let dest = scratch.path("back");
-    let o = walship(&["archive-get", &sample.segments[1].0, dest.to_str().unwrap()], &env);
+    let o = walship(
+        &["archive-get", &sample.segments[1].0, dest.to_str().unwrap()],
+        &env,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(fs::read(&dest).unwrap() == fs::read(&sample.segments[1].1).unwrap());
 }
@@ -513,7 +618,11 @@ fn archive_get_prefetches_and_never_serves_a_bad_spool_entry() {
         let dest = scratch.path(&format!("got-{}", seg(i)));
         let o = walship(&["archive-get", &seg(i), dest.to_str().unwrap()], env);
         assert!(o.status.success(), "archive-get {}: {}", seg(i), stderr(&o));
-        assert!(fs::read(&dest).unwrap() == fs::read(&sample.segments[i].1).unwrap(), "{} differs", seg(i));
+        assert!(
+            fs::read(&dest).unwrap() == fs::read(&sample.segments[i].1).unwrap(),
+            "{} differs",
+            seg(i)
+        );
         o
     };
 
@@ -545,7 +654,10 @@ fn archive_get_prefetches_and_never_serves_a_bad_spool_entry() {
     // An entry that holds another segment's object fails verification too.
     let deadline = Instant::now() + Duration::from_secs(30);
     while spooled(&seg(3)).is_none() || spooled(&seg(4)).is_none() {
-        assert!(Instant::now() < deadline, "prefetch did not refill the spool");
+        assert!(
+            Instant::now() < deadline,
+            "prefetch did not refill the spool"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     fs::copy(spooled(&seg(4)).unwrap(), spooled(&seg(3)).unwrap()).unwrap();

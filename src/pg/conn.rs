@@ -653,7 +653,6 @@ impl ReplicationConnection {
     /// Inside a COPY OUT (after [`QueryEvent::CopyOutResponse`], e.g. BASE_BACKUP):
     /// the next CopyData payload, or `None` at the server's CopyDone. A server
     /// error ends the command: it is drained to ReadyForQuery and returned.
-    #[allow(dead_code)] // the BASE_BACKUP reader (issue 4) is its first user
     pub(crate) async fn copy_out_data(&mut self) -> Result<Option<Bytes>, PgError> {
         match self.next_event().await? {
             QueryEvent::CopyData(b) => Ok(Some(b)),

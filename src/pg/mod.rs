@@ -6,13 +6,19 @@
 //!   postgres-protocol's codecs (startup, authentication, TLS, queries).
 //! - [`replication`]: the replication commands and the WAL stream.
 //! - [`sql`]: plain SQL connections through tokio-postgres.
+//! - [`basebackup`]: BASE_BACKUP (13/14 and 15+ wire forms) as a stream of
+//!   events; [`tar`] reads its archives, [`backup_manifest`] checks them
+//!   against the server's manifest.
 //! - [`wal`]: the WAL format: positions, file names, page headers, records.
 
+pub mod backup_manifest;
+pub mod basebackup;
 pub mod conn;
 pub mod conninfo;
 pub mod error;
 pub mod replication;
 pub mod sql;
+pub mod tar;
 pub mod tls;
 pub mod wal;
 

@@ -248,6 +248,22 @@ fn chown_to_test_user(path: &Path) {
     }
 }
 
+/// Gives the PostgreSQL user ownership of `path` and everything below it, so
+/// that walship run by PostgreSQL (archive_command, restore_command) can use
+/// the repositories, key files and spools the test made (no-op when not root).
+pub fn give_to_test_user(path: &Path) {
+    chown_to_test_user(path);
+    if path.is_dir() && !path.is_symlink() {
+        for entry in fs::read_dir(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())) {
+            give_to_test_user(
+                &entry
+                    .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+                    .path(),
+            );
+        }
+    }
+}
+
 /// Whether the PostgreSQL user can execute `path`.
 fn user_can_execute(path: &Path) -> bool {
     let mut cmd = pg_command(Path::new("/usr/bin/test"));
