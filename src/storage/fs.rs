@@ -115,6 +115,40 @@ impl FsStorage {
         }))
     }
 
+    pub(crate) async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Bytes>, StorageError> {
+        let path = self.path_of(key);
+        let key = key.to_string();
+        blocking(move || {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if is_missing(&e) => return Ok(None),
+                Err(e) => return Err(StorageError::from_io("open", path, e)),
+            };
+            let size = file
+                .metadata()
+                .map_err(|e| StorageError::from_io("stat", path.clone(), e))?
+                .len();
+            if offset.checked_add(len).is_none_or(|end| end > size) {
+                return Err(super::range_error(&key, offset, len, size));
+            }
+            file.seek(SeekFrom::Start(offset))
+                .map_err(|e| StorageError::from_io("seek", path.clone(), e))?;
+            let want =
+                usize::try_from(len).map_err(|_| super::range_error(&key, offset, len, size))?;
+            let mut buf = vec![0u8; want];
+            file.read_exact(&mut buf)
+                .map_err(|e| StorageError::from_io("read", path.clone(), e))?;
+            Ok(Some(Bytes::from(buf)))
+        })
+        .await
+    }
+
     pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         let path = self.path_of(key);
         match tokio::fs::metadata(&path).await {

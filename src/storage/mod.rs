@@ -178,6 +178,25 @@ impl Storage {
         Ok(Some(all.freeze()))
     }
 
+    /// Reads `len` bytes at `offset` of `key` (fs: seek and read; S3: a
+    /// `Range` request); `None` when the object does not exist. A range that
+    /// does not lie wholly inside the object is an error, never a short read.
+    pub async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Bytes>, StorageError> {
+        validate_key(key)?;
+        if len == 0 {
+            return Err(range_error(key, offset, len, 0));
+        }
+        match self {
+            Storage::Fs(s) => s.get_range(key, offset, len).await,
+            Storage::S3(s) => s.get_range(key, offset, len).await,
+        }
+    }
+
     /// Size and modification time of `key`; `None` when it does not exist.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         validate_key(key)?;
@@ -208,6 +227,18 @@ impl Storage {
             Storage::Fs(s) => s.delete(key).await,
             Storage::S3(s) => s.delete(key).await,
         }
+    }
+}
+
+/// The error for a ranged read outside the object (`size` 0 when unknown).
+pub(crate) fn range_error(key: &str, offset: u64, len: u64, size: u64) -> StorageError {
+    StorageError::Io {
+        op: "ranged read",
+        path: PathBuf::from(key),
+        source: std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{len} bytes at offset {offset} are not inside the object ({size} bytes)"),
+        ),
     }
 }
 

@@ -754,6 +754,68 @@ impl S3Storage {
         }
     }
 
+    pub(crate) async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Bytes>, StorageError> {
+        let full = self.full_key(key);
+        let Some(last) = offset.checked_add(len).and_then(|end| end.checked_sub(1)) else {
+            return Err(super::range_error(key, offset, len, 0));
+        };
+        let result = self
+            .inner
+            .client
+            .get_object()
+            .bucket(&self.inner.bucket)
+            .key(&full)
+            .range(format!("bytes={offset}-{last}"))
+            .send()
+            .await;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                return match Self::status_and_code(&e) {
+                    Some((status, code))
+                        if code == "NoSuchKey" || (status == 404 && code != "NoSuchBucket") =>
+                    {
+                        self.check_bucket().await?;
+                        Ok(None)
+                    }
+                    _ => Err(self.error(
+                        Ctx {
+                            op: "GetObject (range)",
+                            key: &full,
+                        },
+                        e,
+                    )),
+                };
+            }
+        };
+        let body = out.body.collect().await.map_err(|e| StorageError::S3 {
+            op: "GetObject (range)",
+            key: full.clone(),
+            message: format!("reading the body failed: {}", error_chain(&e)),
+            status: None,
+        })?;
+        let bytes = body.into_bytes();
+        if bytes.len() as u64 != len {
+            // A server that ignores Range sends the whole object: refuse it
+            // rather than hand out the wrong bytes.
+            return Err(StorageError::S3 {
+                op: "GetObject (range)",
+                key: full,
+                message: format!(
+                    "asked for {len} bytes at offset {offset}, got {} (range beyond the object's end, or Range ignored)",
+                    bytes.len()
+                ),
+                status: None,
+            });
+        }
+        Ok(Some(bytes))
+    }
+
     pub(crate) async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         let full = self.full_key(key);
         let result = self
