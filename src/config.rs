@@ -131,6 +131,14 @@ struct FileConfig {
     s3: FileS3,
     #[serde(default)]
     archive_get: FileArchiveGet,
+    #[serde(default)]
+    backup: FileBackup,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackup {
+    wal_timeout: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,9 +208,13 @@ pub struct Settings {
     pub s3: S3Settings,
     /// archive-get read-ahead.
     pub prefetch: PrefetchSettings,
+    /// `walship backup`: seconds to wait for the WAL a backup needs
+    /// (`WALSHIP_BACKUP_WAL_TIMEOUT`, `[backup] wal_timeout`; default 300).
+    pub backup_wal_timeout: std::time::Duration,
 }
 
-/// Default number of segments archive-get reads ahead.
+/// Default number of segments archive-get reads ahead from S3 (none from a
+/// local directory).
 pub const DEFAULT_PREFETCH: usize = 8;
 
 impl Settings {
@@ -383,13 +395,28 @@ impl Settings {
                 origin: "environment".into(),
                 reason: format!("`{v}` is not a number of segments"),
             })?,
-            None => file.archive_get.prefetch.unwrap_or(DEFAULT_PREFETCH),
+            None => file.archive_get.prefetch.unwrap_or(match repo {
+                // A local directory answers as fast as the spool would; the
+                // worker would only compete with replay for the CPU
+                // (measured: docs/restore.md).
+                Some(RepoLocation::Fs(_)) | None => 0,
+                Some(RepoLocation::S3 { .. }) => DEFAULT_PREFETCH,
+            }),
         };
         let prefetch = PrefetchSettings {
             depth,
             spool: env("WALSHIP_SPOOL")
                 .map(PathBuf::from)
                 .or(file.archive_get.spool),
+        };
+
+        let backup_wal_timeout = match env("WALSHIP_BACKUP_WAL_TIMEOUT") {
+            Some(v) => v.parse::<u64>().map_err(|_| ConfigError::Invalid {
+                key: "WALSHIP_BACKUP_WAL_TIMEOUT".into(),
+                origin: "environment".into(),
+                reason: format!("`{v}` is not a number of seconds"),
+            })?,
+            None => file.backup.wal_timeout.unwrap_or(300),
         };
 
         Ok(Settings {
@@ -401,6 +428,7 @@ impl Settings {
             log_level,
             s3,
             prefetch,
+            backup_wal_timeout: std::time::Duration::from_secs(backup_wal_timeout),
         })
     }
 
@@ -745,6 +773,37 @@ mod tests {
             &[]
         )
         .is_ok());
+    }
+
+    #[test]
+    fn prefetch_defaults_by_repository_kind() {
+        let s = resolve(
+            FlagValues {
+                repo: Some("/r".into()),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.prefetch.depth, 0);
+        let s = resolve(
+            FlagValues {
+                repo: Some("s3://b/p".into()),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.prefetch.depth, DEFAULT_PREFETCH);
+        let s = resolve(
+            FlagValues {
+                repo: Some("/r".into()),
+                ..Default::default()
+            },
+            &[("WALSHIP_PREFETCH", "4")],
+        )
+        .unwrap();
+        assert_eq!(s.prefetch.depth, 4);
     }
 
     #[test]

@@ -26,12 +26,73 @@ pub struct Info {
     pub encrypted: bool,
     /// `lz4` or `none`.
     pub compression: crate::codec::Compression,
-    /// Base backups (filled by the backup catalog once backups exist).
-    pub backups: Vec<serde_json::Value>,
+    /// Base backups, oldest first.
+    pub backups: Vec<BackupInfo>,
     /// WAL per timeline.
     pub timelines: Vec<TimelineInfo>,
     /// The recoverable window.
     pub recoverable: RecoverableWindow,
+    /// What `walship stream` last reported, when a streamer ever ran.
+    pub streaming: Option<StreamingInfo>,
+}
+
+/// The streamer's last status (`<stanza>/status/stream`) and its age.
+#[derive(Debug, Serialize)]
+pub struct StreamingInfo {
+    /// The status as written by the streamer.
+    #[serde(flatten)]
+    pub status: crate::stream::status::StreamStatus,
+    /// Seconds since the status was written (a running streamer rewrites it
+    /// every few seconds while WAL moves).
+    pub status_age_seconds: Option<f64>,
+}
+
+/// One base backup (the interface's fields, plus a few).
+#[derive(Debug, Serialize)]
+pub struct BackupInfo {
+    /// Backup id.
+    pub id: String,
+    /// `--label`.
+    pub label: Option<String>,
+    /// Timeline at the start.
+    pub timeline: u32,
+    /// Start LSN (`X/Y`).
+    pub start_lsn: String,
+    /// Stop LSN (`X/Y`).
+    pub stop_lsn: String,
+    /// RFC 3339 UTC.
+    pub start_time: String,
+    /// RFC 3339 UTC.
+    pub stop_time: String,
+    /// Bytes of all files as PostgreSQL sent them.
+    pub original_bytes: u64,
+    /// Stored bytes of every chunk the backup references.
+    pub stored_bytes: u64,
+    /// Stored bytes this backup added.
+    pub new_bytes: u64,
+    /// Number of files, directories and links.
+    pub files: usize,
+    /// Whether the cluster had data checksums.
+    pub data_checksums: bool,
+}
+
+impl From<&crate::repo::backup::BackupManifest> for BackupInfo {
+    fn from(m: &crate::repo::backup::BackupManifest) -> Self {
+        BackupInfo {
+            id: m.id.clone(),
+            label: m.label.clone(),
+            timeline: m.timeline,
+            start_lsn: m.start_lsn.to_string(),
+            stop_lsn: m.stop_lsn.to_string(),
+            start_time: m.start_time.clone(),
+            stop_time: m.stop_time.clone(),
+            original_bytes: m.original_bytes,
+            stored_bytes: m.stored_bytes,
+            new_bytes: m.new_bytes,
+            files: m.files.len(),
+            data_checksums: m.data_checksums,
+        }
+    }
 }
 
 /// One timeline of the WAL archive.
@@ -104,10 +165,39 @@ pub async fn gather(settings: &Settings) -> anyhow::Result<Info> {
         wal_segment_size: stanza.wal_seg_size,
         encrypted: stanza.encryption.is_some(),
         compression: stanza.compression,
-        backups: Vec::new(),
+        backups: repo
+            .list_backups()
+            .await?
+            .iter()
+            .map(BackupInfo::from)
+            .collect(),
         timelines,
         recoverable: wal_window(&catalog, &index, seg_size),
+        streaming: streaming_info(&repo).await,
     })
+}
+
+/// The stream status; a status that cannot be read is logged, never fatal.
+async fn streaming_info(repo: &Repository) -> Option<StreamingInfo> {
+    match crate::stream::status::read_status(repo).await {
+        Ok(Some(status)) => {
+            let age = chrono::DateTime::parse_from_rfc3339(&status.updated_at)
+                .ok()
+                .map(|t| {
+                    (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64
+                        / 1000.0
+                });
+            Some(StreamingInfo {
+                status,
+                status_age_seconds: age,
+            })
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the stream status");
+            None
+        }
+    }
 }
 
 /// Runs `walship info`.
@@ -137,6 +227,24 @@ pub async fn run(settings: &Settings, args: &JsonArgs) -> anyhow::Result<ExitCod
         "backups: {}",
         if info.backups.is_empty() { "none" } else { "" }
     );
+    for b in &info.backups {
+        println!(
+            "  {}{}: timeline {}, {} .. {} ({} .. {}), {} original, {} stored, {} new",
+            b.id,
+            b.label
+                .as_deref()
+                .map(|l| format!(" [{l}]"))
+                .unwrap_or_default(),
+            b.timeline,
+            b.start_lsn,
+            b.stop_lsn,
+            b.start_time,
+            b.stop_time,
+            b.original_bytes,
+            b.stored_bytes,
+            b.new_bytes
+        );
+    }
     println!("WAL:");
     if info.timelines.is_empty() {
         println!("  none archived yet");
@@ -156,6 +264,30 @@ pub async fn run(settings: &Settings, args: &JsonArgs) -> anyhow::Result<ExitCod
         for g in &t.gaps {
             println!("    GAP: {} .. {} missing", g.first_missing, g.last_missing);
         }
+    }
+    if let Some(st) = &info.streaming {
+        let s = &st.status;
+        println!(
+            "streaming ({}, slot {}{}):",
+            s.state,
+            s.slot,
+            if s.synchronous { ", synchronous" } else { "" }
+        );
+        println!(
+            "  timeline {}: received {}, stored {}, server {}",
+            s.timeline, s.received_lsn, s.stored_lsn, s.server_lsn
+        );
+        println!("  lag: {} bytes, {:.1} s", s.lag_bytes, s.lag_seconds);
+        println!(
+            "  last stored: {} at {}",
+            s.last_stored_object.as_deref().unwrap_or("-"),
+            s.last_stored_at.as_deref().unwrap_or("-")
+        );
+        println!(
+            "  status written {} ({:.0} s ago)",
+            s.updated_at,
+            st.status_age_seconds.unwrap_or(0.0)
+        );
     }
     let w = &info.recoverable;
     println!("recoverable window (from the archived WAL):");

@@ -31,12 +31,31 @@ pub struct Report {
     pub bytes_checked: u64,
     /// Problems in the WAL archive.
     pub wal_problems: Vec<Problem>,
+    /// Backups whose manifest was read.
+    pub backups_checked: usize,
+    /// Distinct backup chunks decoded.
+    pub chunks_checked: usize,
+    /// Problems of the backups: manifests, chunks, the WAL they need.
+    pub backup_problems: Vec<Problem>,
 }
 
 /// Runs `walship verify`.
 pub async fn run(settings: &Settings, args: &JsonArgs) -> anyhow::Result<ExitCode> {
     let repo = Arc::new(Repository::open(settings).await?);
-    let report = verify_wal(&repo).await?;
+    let mut report = verify_wal(&repo).await?;
+    let backups = crate::backup::verify::verify_backups(&repo).await?;
+    report.backups_checked = backups.backups;
+    report.chunks_checked = backups.chunks;
+    report.bytes_checked += backups.chunk_bytes;
+    report.backup_problems = backups
+        .problems
+        .into_iter()
+        .map(|p| Problem {
+            object: p.object,
+            problem: p.problem,
+        })
+        .collect();
+    let clean = report.wal_problems.is_empty() && report.backup_problems.is_empty();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -44,14 +63,18 @@ pub async fn run(settings: &Settings, args: &JsonArgs) -> anyhow::Result<ExitCod
             "checked {} objects ({} bytes of WAL)",
             report.objects_checked, report.bytes_checked
         );
-        if report.wal_problems.is_empty() {
+        println!(
+            "checked {} backups ({} chunks)",
+            report.backups_checked, report.chunks_checked
+        );
+        if clean {
             println!("no problems found");
         }
-        for p in &report.wal_problems {
+        for p in report.wal_problems.iter().chain(&report.backup_problems) {
             println!("PROBLEM {}: {}", p.object, p.problem);
         }
     }
-    Ok(if report.wal_problems.is_empty() {
+    Ok(if clean {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -123,6 +146,9 @@ pub async fn verify_wal(repo: &Arc<Repository>) -> anyhow::Result<Report> {
         objects_checked: checked,
         bytes_checked: bytes,
         wal_problems: problems,
+        backups_checked: 0,
+        chunks_checked: 0,
+        backup_problems: Vec::new(),
     })
 }
 

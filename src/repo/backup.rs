@@ -17,8 +17,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pg::wal::segment::TimelineId;
+use super::{RepoError, Repository};
+use crate::pg::wal::segment::{TimelineId, WalSegSize};
 use crate::pg::wal::Lsn;
+use crate::storage::PutMode;
 
 /// The current manifest format.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -134,4 +136,208 @@ pub enum ChunkLocation {
         /// Length of the chunk's encoded object.
         stored_len: u64,
     },
+}
+
+/// The prefix of every backup's objects.
+pub fn backups_prefix(stanza: &str) -> String {
+    format!("{stanza}/backups/")
+}
+
+/// Object key of a backup's manifest (its presence makes the backup visible).
+pub fn manifest_key(stanza: &str, id: &str) -> String {
+    format!("{stanza}/backups/{id}/manifest")
+}
+
+/// Object key of the server's backup_manifest kept with a backup.
+pub fn server_manifest_key(stanza: &str, id: &str) -> String {
+    format!("{stanza}/backups/{id}/backup_manifest")
+}
+
+/// A new backup id for a backup starting at `now`: sortable UTC time and a
+/// short random suffix (two backups in the same second get different ids).
+pub fn new_backup_id(now: chrono::DateTime<chrono::Utc>) -> String {
+    format!(
+        "{}-{:06x}",
+        now.format("%Y%m%dT%H%M%SZ"),
+        fastrand::u32(..) & 0x00ff_ffff
+    )
+}
+
+/// Whether `id` has the form of a backup id (so it is safe in an object key).
+pub fn is_backup_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl BackupManifest {
+    /// The WAL segments the backup needs to be consistent: timeline, first
+    /// and last segment number (from the start LSN's segment to the one
+    /// holding the last byte before the stop LSN).
+    pub fn wal_segments(&self, seg_size: WalSegSize) -> (TimelineId, u64, u64) {
+        let first = self.start_lsn.segment_number(seg_size);
+        let last =
+            Lsn(self.stop_lsn.0.saturating_sub(1).max(self.start_lsn.0)).segment_number(seg_size);
+        (self.timeline, first, last.max(first))
+    }
+
+    /// Every chunk reference of every file.
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkRef> {
+        self.files.iter().flat_map(|f| f.chunks.iter())
+    }
+}
+
+impl Repository {
+    /// The ids of the visible backups (those with a manifest), sorted oldest first.
+    pub async fn list_backup_ids(&self) -> Result<Vec<String>, RepoError> {
+        let prefix = backups_prefix(&self.stanza().name);
+        let mut ids: Vec<String> = self
+            .storage()
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|m| {
+                let rest = m.key.strip_prefix(&prefix)?;
+                let id = rest.strip_suffix("/manifest")?;
+                is_backup_id(id).then(|| id.to_string())
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Every visible (complete) backup, sorted oldest first.
+    pub async fn list_backups(&self) -> Result<Vec<BackupManifest>, RepoError> {
+        let mut out = Vec::new();
+        for id in self.list_backup_ids().await? {
+            // Listed a moment ago: a manifest gone now was deleted meanwhile.
+            if let Some(m) = self.load_backup(&id).await? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One backup's manifest, verified; `None` when there is no such backup.
+    pub async fn load_backup(&self, id: &str) -> Result<Option<BackupManifest>, RepoError> {
+        if !is_backup_id(id) {
+            return Ok(None);
+        }
+        let key = manifest_key(&self.stanza().name, id);
+        let Some((json, _)) = self.get_object(&key).await? else {
+            return Ok(None);
+        };
+        let manifest: BackupManifest =
+            serde_json::from_slice(&json).map_err(|e| RepoError::BadMetadata {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+        if manifest.format > MANIFEST_FORMAT {
+            return Err(RepoError::BadMetadata {
+                key,
+                reason: format!(
+                    "manifest format {} is newer than this walship understands ({MANIFEST_FORMAT})",
+                    manifest.format
+                ),
+            });
+        }
+        if manifest.id != id || manifest.system_id != self.stanza().system_id {
+            return Err(RepoError::BadMetadata {
+                key,
+                reason: format!(
+                    "manifest is for backup {} of system {}, not backup {id} of system {}",
+                    manifest.id,
+                    manifest.system_id,
+                    self.stanza().system_id
+                ),
+            });
+        }
+        Ok(Some(manifest))
+    }
+
+    /// The server's backup_manifest kept with backup `id`; `None` when absent.
+    pub async fn load_server_manifest(&self, id: &str) -> Result<Option<Vec<u8>>, RepoError> {
+        if !is_backup_id(id) {
+            return Ok(None);
+        }
+        let key = server_manifest_key(&self.stanza().name, id);
+        Ok(self.get_object(&key).await?.map(|(b, _)| b))
+    }
+
+    /// Publishes a backup: the server's manifest first, then ours, whose
+    /// presence makes the backup visible. Call only once every chunk it
+    /// references and the WAL it needs are stored.
+    pub async fn store_backup(
+        &self,
+        manifest: &BackupManifest,
+        server_manifest: &[u8],
+    ) -> Result<(), RepoError> {
+        let stanza = &self.stanza().name;
+        let key = server_manifest_key(stanza, &manifest.id);
+        self.put_object(&key, server_manifest, PutMode::IfAbsent)
+            .await?
+            .0
+            .require_stored(&key)?;
+        let key = manifest_key(stanza, &manifest.id);
+        let json = serde_json::to_vec(manifest).map_err(|e| RepoError::BadMetadata {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        self.put_object(&key, &json, PutMode::IfAbsent)
+            .await?
+            .0
+            .require_stored(&key)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_ids_sort_by_time_and_are_key_safe() {
+        let t1 = chrono::DateTime::parse_from_rfc3339("2026-11-21T20:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let t2 = t1 + chrono::Duration::seconds(1);
+        let (a, b) = (new_backup_id(t1), new_backup_id(t2));
+        assert!(a.starts_with("20261121T200000Z-"), "{a}");
+        assert!(a < b);
+        assert!(is_backup_id(&a));
+        assert!(!is_backup_id("../x"));
+        assert!(!is_backup_id(""));
+    }
+
+    #[test]
+    fn wal_segments_of_a_backup() {
+        let seg = WalSegSize::new(16 << 20).unwrap();
+        let mut m = BackupManifest {
+            format: MANIFEST_FORMAT,
+            id: "x".into(),
+            label: None,
+            system_id: "1".into(),
+            pg_version: 150000,
+            timeline: 1,
+            start_lsn: Lsn(0x2000028),
+            stop_lsn: Lsn(0x2000138),
+            stop_timeline: 1,
+            start_time: String::new(),
+            stop_time: String::new(),
+            data_checksums: false,
+            tablespaces: vec![],
+            files: vec![],
+            original_bytes: 0,
+            stored_bytes: 0,
+            new_bytes: 0,
+        };
+        assert_eq!(m.wal_segments(seg), (1, 2, 2));
+        // A stop LSN at a segment boundary needs nothing of the next segment.
+        m.stop_lsn = Lsn(0x4000000);
+        assert_eq!(m.wal_segments(seg), (1, 2, 3));
+        m.stop_lsn = Lsn(0x4000001);
+        assert_eq!(m.wal_segments(seg), (1, 2, 4));
+    }
 }

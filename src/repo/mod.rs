@@ -1,6 +1,7 @@
 //! What the repository means: the stanza, the WAL archive and its index.
 //!
 //! - [`backup`]: base backups: their manifests and catalog.
+//! - [`chunks`]: the content-addressed chunk store backups share.
 //! - [`stanza`]: the stanza file and the cluster identity it records.
 //! - [`layout`]: where each kind of object lives (object keys).
 //! - [`wal`]: pushing and fetching WAL files, with the no-overwrite rule.
@@ -14,6 +15,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod chunks;
 pub mod error;
 pub mod index;
 pub mod layout;
