@@ -64,7 +64,18 @@ async fn fetch(settings: &Settings, args: &ArchiveGetArgs) -> anyhow::Result<boo
         Some(data) => data,
         None => match repo.fetch_wal(&name).await? {
             Some(data) => data,
-            None => return Ok(false),
+            None => match (&name, args.allow_partial) {
+                (WalFileName::Segment { tli, segno }, true) => {
+                    match repo.fetch_partial_as_segment(*tli, *segno).await? {
+                        Some(data) => {
+                            tracing::info!(file = %args.walfile, "served from the stored .partial (zero-padded)");
+                            data
+                        }
+                        None => return Ok(false),
+                    }
+                }
+                _ => return Ok(false),
+            },
         },
     };
     let dest = args.dest.clone();

@@ -265,7 +265,8 @@ mod tests {
     #[test]
     fn codec_checksum_is_the_content_checksum() {
         let data = b"some WAL-ish bytes".repeat(1000);
-        let (_, summary) = codec::encode_bytes("x", &data, &codec::CodecSettings::default()).unwrap();
+        let (_, summary) =
+            codec::encode_bytes("x", &data, &codec::CodecSettings::default()).unwrap();
         assert_eq!(summary.checksum.to_string(), content_checksum(&data));
     }
 }

@@ -1,0 +1,44 @@
+//! `walship stream`: continuous WAL streaming until SIGTERM/SIGINT (see
+//! [`crate::stream`]).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::cli::StreamArgs;
+use crate::config::Settings;
+use crate::stream::{self, StreamOptions};
+
+/// Runs `walship stream`; exit 0 after a clean stop on SIGTERM or SIGINT.
+pub async fn run(settings: &Settings, args: &StreamArgs) -> anyhow::Result<ExitCode> {
+    // Usage errors: exit 2, as the interface says.
+    let Some(spool) = args.spool.clone() else {
+        eprintln!(
+            "walship: stream needs --spool DIR: a local directory for the segment in progress"
+        );
+        return Ok(ExitCode::from(2));
+    };
+    if args.partial_interval == 0 {
+        eprintln!("walship: stream: --partial-interval must be at least 1 second");
+        return Ok(ExitCode::from(2));
+    }
+    let mut opts = StreamOptions::new(args.slot.clone(), spool);
+    opts.partial_interval = Duration::from_secs(args.partial_interval);
+    opts.synchronous = args.synchronous;
+
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: storing the partial segment and stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: storing the partial segment and stopping"),
+        }
+        let _ = tx.send(true);
+    });
+    stream::run(settings, &opts, rx)
+        .await
+        .context("walship stream")?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,264 @@
+//! The uploader: moves what the spool holds into the repository, in order,
+//! and says how far the repository reaches (the flush position reported to
+//! PostgreSQL without `--synchronous`).
+//!
+//! It runs beside the receiver so that a slow or unreachable repository
+//! never stops the stream: WAL waits in the spool (and, since the flush
+//! position does not move, in the slot) until the repository is back.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use super::backoff::Backoff;
+use super::spool::{read_prefix, Spool};
+use super::status::now_rfc3339;
+use super::StreamError;
+use crate::pg::wal::segment::{TimelineId, WalFileName, WalSegSize};
+use crate::pg::wal::Lsn;
+use crate::repo::wal::PushOutcome;
+use crate::repo::Repository;
+
+/// How far the repository reaches, as the uploader last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// End of the contiguous WAL stored in the repository.
+    pub stored_end: Lsn,
+    /// When the last object was stored (RFC 3339 UTC).
+    pub last_stored_at: Option<String>,
+    /// The last WAL file stored.
+    pub last_object: Option<String>,
+    /// Whether the last attempt failed (the repository is unreachable ...).
+    pub failing: bool,
+}
+
+/// A request to store the segment in progress as a `.partial`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialRequest {
+    /// The segment's timeline.
+    pub tli: TimelineId,
+    /// The segment number.
+    pub segno: u64,
+    /// Bytes of it to store (from its start).
+    pub len: u64,
+}
+
+/// The receiver's handle on the uploader.
+#[derive(Debug, Clone)]
+pub struct UploadQueue {
+    notify: Arc<Notify>,
+    partial: Arc<Mutex<Option<PartialRequest>>>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    progress: Arc<watch::Sender<Progress>>,
+}
+
+impl UploadQueue {
+    /// Moves the stored end forward to `lsn` (where streaming starts when the
+    /// repository holds nothing before it: the first run, or after a gap).
+    pub fn raise_stored_end(&self, lsn: Lsn) {
+        self.progress.send_modify(|p| {
+            if lsn > p.stored_end {
+                p.stored_end = lsn;
+            }
+        });
+    }
+
+    /// Something new is in the spool.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Store this prefix of the segment in progress as a `.partial` (replaces
+    /// an earlier request not yet served).
+    pub fn request_partial(&self, req: PartialRequest) {
+        if let Ok(mut p) = self.partial.lock() {
+            *p = Some(req);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Upload what is left, then stop.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+}
+
+/// Starts the uploader task; `stored_end` is where the repository's
+/// contiguous WAL ends now.
+pub fn start(
+    repo: Arc<Repository>,
+    spool_dir: PathBuf,
+    seg_size: WalSegSize,
+    stored_end: Lsn,
+) -> (
+    UploadQueue,
+    watch::Receiver<Progress>,
+    tokio::task::JoinHandle<Result<(), StreamError>>,
+) {
+    let (tx, rx) = watch::channel(Progress {
+        stored_end,
+        ..Progress::default()
+    });
+    let queue = UploadQueue {
+        notify: Arc::new(Notify::new()),
+        partial: Arc::new(Mutex::new(None)),
+        draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        progress: Arc::new(tx),
+    };
+    let q = queue.clone();
+    let handle = tokio::spawn(async move {
+        Uploader {
+            repo,
+            spool_dir,
+            seg_size,
+            queue: q,
+        }
+        .run()
+        .await
+    });
+    (queue, rx, handle)
+}
+
+struct Uploader {
+    repo: Arc<Repository>,
+    spool_dir: PathBuf,
+    seg_size: WalSegSize,
+    queue: UploadQueue,
+}
+
+impl Uploader {
+    async fn run(self) -> Result<(), StreamError> {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+        loop {
+            let draining = self
+                .queue
+                .draining
+                .load(std::sync::atomic::Ordering::SeqCst);
+            match self.step().await {
+                Ok(true) => {
+                    backoff.reset();
+                    continue;
+                }
+                Ok(false) if draining => return Ok(()),
+                Ok(false) => {
+                    backoff.reset();
+                    // Rescan now and then even without a wake-up.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), self.queue.notify.notified())
+                            .await;
+                }
+                Err(e) if e.is_fatal() => {
+                    tracing::error!(error = %e, "cannot store WAL in the repository");
+                    return Err(e);
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, attempt = backoff.attempts(), retry_in = ?delay,
+                        "storing WAL failed; it stays in the spool");
+                    self.queue.progress.send_modify(|p| p.failing = true);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Uploads one thing; Ok(false) when there was nothing to do.
+    async fn step(&self) -> Result<bool, StreamError> {
+        // Finished files first, oldest first: a partial is only useful after them.
+        let spool_files = list_ready(&self.spool_dir, self.seg_size)?;
+        if let Some((name, path)) = spool_files.into_iter().next() {
+            let data = read_prefix(&path, u64::MAX)?.unwrap_or_default();
+            self.store(&name, &data, &path.display().to_string())
+                .await?;
+            std::fs::remove_file(&path).map_err(|e| StreamError::Spool {
+                path: path.clone(),
+                what: "cannot remove an uploaded file".into(),
+                source: e,
+            })?;
+            return Ok(true);
+        }
+        let req = self.queue.partial.lock().ok().and_then(|mut p| p.take());
+        let Some(req) = req else {
+            return Ok(false);
+        };
+        let name = WalFileName::Partial {
+            tli: req.tli,
+            segno: req.segno,
+        };
+        let in_progress = self.spool_dir.join(format!(
+            "{}.inprogress",
+            crate::pg::wal::segment::segment_file_name(req.tli, req.segno, self.seg_size)
+        ));
+        // Completed meanwhile: the full segment supersedes the partial.
+        let Some(data) = read_prefix(&in_progress, req.len)? else {
+            return Ok(true);
+        };
+        if (data.len() as u64) < req.len {
+            return Ok(true);
+        }
+        if let Err(e) = self
+            .store(&name, &data, &in_progress.display().to_string())
+            .await
+        {
+            // Put it back for the retry unless a newer one came.
+            if let Ok(mut p) = self.queue.partial.lock() {
+                p.get_or_insert(req);
+            }
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    async fn store(
+        &self,
+        name: &WalFileName,
+        data: &[u8],
+        origin: &str,
+    ) -> Result<(), StreamError> {
+        let file = name.file_name(self.seg_size);
+        let outcome = self
+            .repo
+            .push_wal(name, data, origin)
+            .await
+            .map_err(StreamError::repo(format!("storing {file}")))?;
+        if outcome == PushOutcome::Duplicate {
+            tracing::debug!(file = %file, "already stored with identical content");
+        } else {
+            tracing::debug!(file = %file, bytes = data.len(), "stored");
+        }
+        let end = match name {
+            WalFileName::Segment { segno, .. } => Some((
+                Lsn::from_segment(*segno, self.seg_size),
+                Lsn::from_segment(*segno + 1, self.seg_size),
+            )),
+            WalFileName::Partial { segno, .. } => {
+                let start = Lsn::from_segment(*segno, self.seg_size);
+                Some((start, start + data.len() as u64))
+            }
+            _ => None,
+        };
+        self.queue.progress.send_modify(|p| {
+            if let Some((start, end)) = end {
+                // Only contiguous WAL moves the stored end.
+                if p.stored_end >= start && end > p.stored_end {
+                    p.stored_end = end;
+                }
+            }
+            p.last_stored_at = Some(now_rfc3339());
+            p.last_object = Some(file.clone());
+            p.failing = false;
+        });
+        Ok(())
+    }
+}
+
+fn list_ready(
+    dir: &std::path::Path,
+    seg_size: WalSegSize,
+) -> Result<Vec<(WalFileName, PathBuf)>, StreamError> {
+    Spool::list_ready_in(dir, seg_size)
+}
