@@ -63,8 +63,9 @@ pub fn run(command: Command, settings: Settings, global: &GlobalArgs) -> ExitCod
         Command::Backup(args) => {
             multi_thread().and_then(|rt| rt.block_on(backup::run(&settings, &args)))
         }
-        Command::Restore(args) => multi_thread()
-            .and_then(|rt| rt.block_on(restore::run(&settings, &args, global))),
+        Command::Restore(args) => {
+            multi_thread().and_then(|rt| rt.block_on(restore::run(&settings, &args, global)))
+        }
     };
     match result {
         Ok(code) => code,
