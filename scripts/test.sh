@@ -17,7 +17,12 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "== unit and integration tests on PostgreSQL 15"
 cargo test --locked
 
+# The protocol, base-backup and point-in-time-recovery tests again on the
+# oldest and the newest supported majors.
 for major in 13 18; do
-  echo "== protocol tests on PostgreSQL $major"
-  WALSHIP_PG_BIN="$PWD/.pg/$major/bin" cargo test --locked --test protocol
+  echo "== protocol, base backup and PITR tests on PostgreSQL $major"
+  export WALSHIP_PG_BIN="$PWD/.pg/$major/bin"
+  cargo test --locked --test protocol --test basebackup_protocol
+  cargo test --locked --test restore pitr_
+  unset WALSHIP_PG_BIN
 done
