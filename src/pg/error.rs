@@ -56,6 +56,10 @@ pub enum PgError {
     /// PostgreSQL answered with an ErrorResponse.
     #[error("server error: {0}")]
     Server(ServerError),
+    /// The server ended the connection or the stream in an orderly way (for
+    /// example a walsender at server shutdown); reconnecting is the answer.
+    #[error("{0}")]
+    Closed(String),
     /// The server sent something the protocol does not allow here.
     #[error("protocol violation: {0}")]
     Protocol(String),

@@ -552,6 +552,14 @@ impl WalStream {
                     return Ok(StreamMessage::EndOfTimeline);
                 }
                 QueryEvent::Error(e) => return Err(PgError::Server(e)),
+                // A walsender that is shutting down, once it has sent all WAL,
+                // ends the command without CopyDone and exits.
+                QueryEvent::CommandComplete(_) => {
+                    return Err(PgError::Closed(format!(
+                        "{} ended replication: the server is shutting down",
+                        self.conn.target()
+                    )))
+                }
                 _ => {
                     return Err(PgError::Protocol(format!(
                         "unexpected message from {} in the WAL stream",
