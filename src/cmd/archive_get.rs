@@ -60,34 +60,57 @@ async fn fetch(settings: &Settings, args: &ArchiveGetArgs) -> anyhow::Result<boo
     if let Some(spool) = &spool {
         spool.prune(&name, seg_size);
     }
-    let data = match spooled {
-        Some(data) => data,
-        None => match repo.fetch_wal(&name).await? {
-            Some(data) => data,
-            None => match (&name, args.allow_partial) {
-                (WalFileName::Segment { tli, segno }, true) => {
-                    match repo.fetch_partial_as_segment(*tli, *segno).await? {
-                        Some(data) => {
-                            tracing::info!(file = %args.walfile, "served from the stored .partial (zero-padded)");
-                            data
-                        }
-                        None => return Ok(false),
-                    }
+    if let Some(data) = spooled {
+        return write_file(&args.dest, move |f| {
+            f.write_all(&data).map_err(anyhow::Error::from)
+        })
+        .await;
+    }
+    if let Some(stored) = repo.fetch_wal_object(&name).await? {
+        // Decoded a chunk at a time straight into the destination's temp file.
+        let repo = Arc::new(repo);
+        return write_file(&args.dest, move |f| {
+            repo.decode_wal_into(&name, &stored, f)?;
+            Ok(())
+        })
+        .await;
+    }
+    match (&name, args.allow_partial) {
+        (WalFileName::Segment { tli, segno }, true) => {
+            match repo.fetch_partial_as_segment(*tli, *segno).await? {
+                Some(data) => {
+                    tracing::info!(file = %args.walfile, "served from the stored .partial (zero-padded)");
+                    write_file(&args.dest, move |f| {
+                        f.write_all(&data).map_err(anyhow::Error::from)
+                    })
+                    .await
                 }
-                _ => return Ok(false),
-            },
-        },
-    };
-    let dest = args.dest.clone();
-    tokio::task::spawn_blocking(move || write_atomically(&dest, &data))
+                None => Ok(false),
+            }
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Writes DEST atomically off the async threads; `Ok(true)` once it is there.
+async fn write_file(
+    dest: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<bool> {
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || write_atomically_with(&dest, fill))
         .await
         .context("writer task failed")??;
     Ok(true)
 }
 
-/// Writes `data` to a temp file beside `dest`, fsyncs it, renames it over
-/// `dest` and fsyncs the directory: PostgreSQL never sees half a segment.
-pub fn write_atomically(dest: &Path, data: &[u8]) -> anyhow::Result<()> {
+/// Fills a temp file beside `dest` (mode 0600, as PostgreSQL's own WAL),
+/// fsyncs it, renames it over `dest` and fsyncs the directory: PostgreSQL
+/// never sees half a segment, nor one that failed verification half-way.
+pub fn write_atomically_with(
+    dest: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -97,16 +120,23 @@ pub fn write_atomically(dest: &Path, data: &[u8]) -> anyhow::Result<()> {
         .and_then(|n| n.to_str())
         .with_context(|| format!("{}: no file name", dest.display()))?;
     let tmp = dir.join(format!(".{file_name}.walship-{}.tmp", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
+    let result = (|| -> anyhow::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        fill(&mut f)?;
         f.sync_all()?;
         std::fs::rename(&tmp, dest)?;
-        std::fs::File::open(&dir)?.sync_all()
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(())
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", dest.display()));
+        return Err(e).with_context(|| format!("writing {}", dest.display()));
     }
     Ok(())
 }

@@ -27,7 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use decode::ObjectDecoder;
-pub use encode::ObjectEncoder;
+pub use encode::{encode_parallel, ObjectEncoder};
 pub use error::CodecError;
 pub use format::{
     read_header, Checksum, ObjectHeader, DEFAULT_CHUNK_SHIFT, FORMAT_VERSION, HEADER_LEN, MAGIC,

@@ -102,4 +102,13 @@ pub enum RepoError {
         #[source]
         source: std::io::Error,
     },
+    /// Decoded content could not be written where it was going.
+    #[error("cannot write the content of {key}: {source}")]
+    Output {
+        /// The object being decoded.
+        key: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -49,6 +49,19 @@ impl Repository {
         data: &[u8],
         origin: &str,
     ) -> Result<(), RepoError> {
+        self.check_segment_start(name, data, data.len() as u64, origin)
+    }
+
+    /// As [`check_segment`](Self::check_segment) from the file's first bytes
+    /// (at least its first page) and its total length, for content that
+    /// streams through.
+    pub fn check_segment_start(
+        &self,
+        name: &WalFileName,
+        data: &[u8],
+        total_len: u64,
+        origin: &str,
+    ) -> Result<(), RepoError> {
         let seg_size = self.seg_size()?;
         let (tli, segno) = match name {
             WalFileName::Segment { tli, segno } | WalFileName::Partial { tli, segno } => {
@@ -60,12 +73,10 @@ impl Repository {
             path: origin.to_string(),
             reason,
         };
-        if matches!(name, WalFileName::Segment { .. })
-            && data.len() as u64 != u64::from(seg_size.bytes())
-        {
+        if matches!(name, WalFileName::Segment { .. }) && total_len != u64::from(seg_size.bytes()) {
             return Err(bad(format!(
                 "is {} bytes, but this stanza's WAL segments are {} bytes",
-                data.len(),
+                total_len,
                 seg_size.bytes()
             )));
         }
@@ -97,22 +108,22 @@ impl Repository {
     pub async fn push_wal(
         &self,
         name: &WalFileName,
-        data: &[u8],
+        data: Bytes,
         origin: &str,
     ) -> Result<PushOutcome, RepoError> {
         let seg_size = self.seg_size()?;
-        self.check_segment(name, data, origin)?;
+        self.check_segment(name, &data, origin)?;
         let key = layout::wal_object(&self.stanza().name, name, seg_size);
         let file = name.file_name(seg_size);
         let mode = match name {
             WalFileName::Partial { .. } => PutMode::Overwrite,
             _ => PutMode::IfAbsent,
         };
-        let (stored, summary) = codec::encode_bytes(&key, data, self.codec())?;
+        let (put_outcome, summary) = self.put_encoded(&key, data.clone(), mode).await?;
         // The codec's checksum is BLAKE3 of the plaintext: the same identity
         // as `content_checksum`, without hashing the segment twice.
         let checksum = summary.checksum.to_string();
-        let outcome = match self.storage().put(&key, Bytes::from(stored), mode).await? {
+        let outcome = match put_outcome {
             PutOutcome::Stored => PushOutcome::Stored,
             PutOutcome::AlreadyExists => {
                 let existing = self.get_object(&key).await?;
@@ -136,7 +147,7 @@ impl Repository {
             }
         };
         if let WalFileName::Segment { tli, segno } = name {
-            let summary = summarize_segment(data, seg_size).map_err(|e| e.to_string());
+            let summary = summarize_segment(&data, seg_size).map_err(|e| e.to_string());
             if let Err(reason) = &summary {
                 tracing::warn!(file = %file, %reason, "WAL records not decodable; stored as is, not indexed");
             }
@@ -151,6 +162,58 @@ impl Repository {
             self.put_index(&entry).await?;
         }
         Ok(outcome)
+    }
+
+    /// Encodes `plain` on every core (chunks are independent) and streams the
+    /// frames to storage as they are sealed, so the encoded object is never
+    /// held whole: memory stays at the plaintext plus a few chunks.
+    async fn put_encoded(
+        &self,
+        key: &str,
+        plain: Bytes,
+        mode: PutMode,
+    ) -> Result<(PutOutcome, codec::ObjectSummary), RepoError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+        let settings = self.codec().clone();
+        let name = key.to_string();
+        let encoder = tokio::task::spawn_blocking(move || {
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(4);
+            codec::encode_parallel(&name, &plain, &settings, threads, &mut |frame| {
+                tx.blocking_send(Bytes::from(frame))
+                    .map_err(|_| codec::CodecError::Invalid {
+                        name: name.clone(),
+                        reason: "the storage writer stopped".into(),
+                    })
+            })
+        });
+        let mut put = self.storage().put_stream(key, mode).await?;
+        let mut write_error = None;
+        while let Some(frame) = rx.recv().await {
+            if let Err(e) = put.write(frame).await {
+                write_error = Some(e);
+                break;
+            }
+        }
+        drop(rx);
+        let encoded = encoder.await.map_err(|e| RepoError::BadMetadata {
+            key: key.to_string(),
+            reason: format!("the encoding task failed: {e}"),
+        })?;
+        if let Some(e) = write_error {
+            put.abort().await;
+            return Err(e.into());
+        }
+        let summary = match encoded {
+            Ok(summary) => summary,
+            Err(e) => {
+                put.abort().await;
+                return Err(e.into());
+            }
+        };
+        Ok((put.finish().await?, summary))
     }
 
     /// Writes (or rewrites) a segment's index entry.
@@ -247,6 +310,52 @@ impl Repository {
     /// Fetches one WAL file, verified: authenticated and checksummed by the
     /// codec, and for segments checked against the stanza. `None` only when
     /// no object exists under that name.
+    /// Fetches the stored (still encoded) object of a WAL file, for
+    /// [`decode_wal_into`](Self::decode_wal_into); `None` when it does not exist.
+    pub async fn fetch_wal_object(&self, name: &WalFileName) -> Result<Option<Bytes>, RepoError> {
+        let key = layout::wal_object(&self.stanza().name, name, self.seg_size()?);
+        Ok(self.storage().get_bytes(&key).await?)
+    }
+
+    /// Decodes a stored WAL object into `out` a chunk at a time (memory: one
+    /// chunk, not the segment), with the verification of
+    /// [`fetch_wal`](Self::fetch_wal): authenticity and checksum by the codec,
+    /// the first page and the length against the stanza. On an error, what was
+    /// written is not to be used. Returns the plaintext length.
+    pub fn decode_wal_into(
+        &self,
+        name: &WalFileName,
+        stored: &[u8],
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64, RepoError> {
+        let key = layout::wal_object(&self.stanza().name, name, self.seg_size()?);
+        let total = codec::read_header(stored)?.plain_len;
+        let mut decoder = codec::ObjectDecoder::new(&key, self.codec().key.clone());
+        let mut buf = Vec::new();
+        let mut checked = false;
+        let io_err = |source| RepoError::Output {
+            key: key.clone(),
+            source,
+        };
+        for piece in stored.chunks(1 << 20) {
+            decoder.feed(piece, &mut buf)?;
+            if !checked && (buf.len() as u64 >= total.min(8192) && !buf.is_empty()) {
+                self.check_segment_start(name, &buf, total, &key)?;
+                checked = true;
+            }
+            if checked {
+                out.write_all(&buf).map_err(io_err)?;
+                buf.clear();
+            }
+        }
+        let summary = decoder.finish()?;
+        if !checked {
+            self.check_segment_start(name, &buf, summary.plain_len, &key)?;
+            out.write_all(&buf).map_err(io_err)?;
+        }
+        Ok(summary.plain_len)
+    }
+
     pub async fn fetch_wal(&self, name: &WalFileName) -> Result<Option<Vec<u8>>, RepoError> {
         let seg_size = self.seg_size()?;
         let key = layout::wal_object(&self.stanza().name, name, seg_size);

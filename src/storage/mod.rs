@@ -166,6 +166,10 @@ impl Storage {
     /// Reads the whole of `key` into memory; `None` when it does not exist.
     /// For small objects (manifests, indexes); stream large ones with `get`.
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        validate_key(key)?;
+        if let Storage::Fs(fs) = self {
+            return fs.get_bytes(key).await;
+        }
         let Some(mut stream) = self.get(key).await? else {
             return Ok(None);
         };

@@ -172,8 +172,7 @@ impl Uploader {
         let spool_files = list_ready(&self.spool_dir, self.seg_size)?;
         if let Some((name, path)) = spool_files.into_iter().next() {
             let data = read_prefix(&path, u64::MAX)?.unwrap_or_default();
-            self.store(&name, &data, &path.display().to_string())
-                .await?;
+            self.store(&name, data, &path.display().to_string()).await?;
             std::fs::remove_file(&path).map_err(|e| StreamError::Spool {
                 path: path.clone(),
                 what: "cannot remove an uploaded file".into(),
@@ -201,7 +200,7 @@ impl Uploader {
             return Ok(true);
         }
         if let Err(e) = self
-            .store(&name, &data, &in_progress.display().to_string())
+            .store(&name, data, &in_progress.display().to_string())
             .await
         {
             // Put it back for the retry unless a newer one came.
@@ -216,19 +215,20 @@ impl Uploader {
     async fn store(
         &self,
         name: &WalFileName,
-        data: &[u8],
+        data: Vec<u8>,
         origin: &str,
     ) -> Result<(), StreamError> {
+        let len = data.len();
         let file = name.file_name(self.seg_size);
         let outcome = self
             .repo
-            .push_wal(name, data, origin)
+            .push_wal(name, bytes::Bytes::from(data), origin)
             .await
             .map_err(StreamError::repo(format!("storing {file}")))?;
         if outcome == PushOutcome::Duplicate {
             tracing::debug!(file = %file, "already stored with identical content");
         } else {
-            tracing::debug!(file = %file, bytes = data.len(), "stored");
+            tracing::debug!(file = %file, bytes = len, "stored");
         }
         let end = match name {
             WalFileName::Segment { segno, .. } => Some((
@@ -237,7 +237,7 @@ impl Uploader {
             )),
             WalFileName::Partial { segno, .. } => {
                 let start = Lsn::from_segment(*segno, self.seg_size);
-                Some((start, start + data.len() as u64))
+                Some((start, start + len as u64))
             }
             _ => None,
         };
