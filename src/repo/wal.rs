@@ -173,7 +173,7 @@ impl Repository {
         plain: Bytes,
         mode: PutMode,
     ) -> Result<(PutOutcome, codec::ObjectSummary), RepoError> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
         let settings = self.codec().clone();
         let name = key.to_string();
         let encoder = tokio::task::spawn_blocking(move || {
