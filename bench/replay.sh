@@ -13,7 +13,6 @@
 # the time from `pg_ctl start` until the server leaves recovery.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-top=$PWD
 pgbin=${WALSHIP_PG_BIN:-/usr/lib/postgresql/15/bin}
 psqlbin=/usr/lib/postgresql/15/bin/psql
 mib=${REPLAY_MIB:-300}
@@ -37,7 +36,7 @@ cleanup() {
 trap cleanup EXIT
 run mkdir "$work/sock"
 run sh -c "umask 077; openssl rand -hex 32 > '$work/key'"
-repo="--repo $work/repo --key-file $work/key"
+repo=(--repo "$work/repo" --key-file "$work/key")
 if [ "${REPLAY_S3:-0}" = 1 ]; then
   s3port=$((20000 + RANDOM % 20000))
   mkdir -p "$work/s3/bench"
@@ -48,14 +47,14 @@ if [ "${REPLAY_S3:-0}" = 1 ]; then
   trap 'kill $s3pid 2>/dev/null || true; cleanup' EXIT
   export WALSHIP_S3_ENDPOINT=http://127.0.0.1:$s3port WALSHIP_S3_REGION=us-east-1 WALSHIP_S3_PATH_STYLE=true
   sleep 1
-  repo="--repo s3://bench/replay --key-file $work/key"
+  repo=(--repo s3://bench/replay --key-file "$work/key")
 fi
 run "$pgbin/initdb" -D "$work/data" -U postgres --auth=trust >/dev/null
 cat >>"$work/data/postgresql.conf" <<CONF
 listen_addresses = ''
 unix_socket_directories = '$work/sock'
 archive_mode = on
-archive_command = 'WALSHIP_S3_ENDPOINT=${WALSHIP_S3_ENDPOINT:-} WALSHIP_S3_REGION=${WALSHIP_S3_REGION:-} WALSHIP_S3_PATH_STYLE=${WALSHIP_S3_PATH_STYLE:-} $w $repo archive-push %p'
+archive_command = 'WALSHIP_S3_ENDPOINT=${WALSHIP_S3_ENDPOINT:-} WALSHIP_S3_REGION=${WALSHIP_S3_REGION:-} WALSHIP_S3_PATH_STYLE=${WALSHIP_S3_PATH_STYLE:-} $w ${repo[*]} archive-push %p'
 max_wal_size = '4GB'
 checkpoint_timeout = '1h'
 synchronous_commit = off
@@ -64,7 +63,7 @@ run "$pgbin/pg_ctl" -D "$work/data" -l "$work/log" -w start >/dev/null
 sql() { run "$psqlbin" -X -q -A -t -h "$work/sock" -U postgres -d postgres -c "$1"; }
 run /usr/lib/postgresql/15/bin/pgbench -h "$work/sock" -U postgres -i -q -s 10 postgres >/dev/null
 sql "CHECKPOINT" >/dev/null
-run "$w" $repo --pg "host=$work/sock user=postgres" backup >/dev/null
+run "$w" "${repo[@]}" --pg "host=$work/sock user=postgres" backup >/dev/null
 start=$(sql "SELECT pg_current_wal_lsn()")
 while [ "$(sql "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$start') < $mib::bigint * 1048576")" = t ]; do
   run /usr/lib/postgresql/15/bin/pgbench -h "$work/sock" -U postgres -n -c 2 -T 10 postgres >/dev/null
@@ -81,7 +80,7 @@ replay() { # name, extra setup
   port=$((port + 1))
   local r0 r1
   r0=$(date +%s.%N)
-  run "$w" $repo restore --pgdata "$d" --archive-mode off >/dev/null
+  run "$w" "${repo[@]}" restore --pgdata "$d" --archive-mode off >/dev/null
   r1=$(date +%s.%N)
   printf '%-22s restore of the data directory (%s MiB): %.1f s\n' "$name" "$(du -sm "$d" | cut -f1)" "$(echo "$r1 - $r0" | bc)"
   cat >>"$d/postgresql.conf" <<CONF
@@ -95,7 +94,7 @@ CONF
     n=$(( 0x$(echo "$cur" | cut -c9-16) * 256 + 0x$(echo "$cur" | cut -c17-24) ))
     for seg in $(seq 1 "$n"); do
       f=$(printf '00000001000000%02X%08X' $((seg / 256)) $((seg % 256)))
-      run env WALSHIP_PREFETCH=0 "$w" $repo archive-get "$f" "$d/pg_wal/$f" 2>/dev/null || true
+      run env WALSHIP_PREFETCH=0 "$w" "${repo[@]}" archive-get "$f" "$d/pg_wal/$f" 2>/dev/null || true
     done
     echo "restore_command = 'false'" >>"$d/postgresql.auto.conf"
   fi

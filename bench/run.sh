@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one benchmark entry point for walship.
 #
-#   bench/run.sh [archive|all]
+#   bench/run.sh [archive|backup|restore|replay|stream|all]
 #
 # Installs what the benchmarks need (pgBackRest, GNU time, PostgreSQL 15, wal-rus), builds
 # walship in release mode, runs the chosen benchmark(s), writes raw results to bench/results/
@@ -18,9 +18,13 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 WALRUS_VERSION=0.4.1
 
 usage() {
-  echo "usage: bench/run.sh [archive|all]" >&2
+  echo "usage: bench/run.sh [archive|backup|restore|replay|stream|all]" >&2
   echo "  archive  archive-push / archive-get per WAL segment: walship vs pgBackRest vs wal-rus" >&2
-  echo "  all      every benchmark (today: archive)" >&2
+  echo "  backup   full base backup: walship vs pg_basebackup vs pgBackRest (vs wal-rus)" >&2
+  echo "  restore  restore of a backup, and replay of 2 GiB of WAL: walship vs pgBackRest vs pg_wal" >&2
+  echo "  replay   replay through walship archive-get at several read-ahead depths vs pg_wal" >&2
+  echo "  stream   WAL streaming under pgbench: walship stream vs pg_receivewal vs wal-rus wal-receive" >&2
+  echo "  all      every benchmark" >&2
 }
 
 die() {
@@ -30,7 +34,7 @@ die() {
 
 what=${1:-all}
 case $what in
-  archive | all) ;;
+  archive | backup | restore | replay | stream | all) ;;
   -h | --help)
     usage
     exit 0
@@ -85,4 +89,16 @@ case $what in
   archive | all)
     "$BENCH_DIR/archive.sh"
     ;;
+esac
+case $what in
+  backup | all) "$BENCH_DIR/backup.sh" ;;
+esac
+case $what in
+  restore | all) "$BENCH_DIR/restore.sh" ;;
+esac
+case $what in
+  replay | all) "$BENCH_DIR/replay.sh" ;;
+esac
+case $what in
+  stream | all) "$BENCH_DIR/stream.sh" ;;
 esac
