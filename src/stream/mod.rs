@@ -653,7 +653,9 @@ impl Streamer {
         mut stream: WalStream,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<SessionEnd, StreamError> {
-        stream.set_status_interval(Duration::from_secs(10));
+        // Once a second, so that pg_stat_replication's write position (and a
+        // monitor's idea of our lag) follows what arrived, not what is stored.
+        stream.set_status_interval(Duration::from_secs(1));
         self.update_positions(&mut stream);
         stream
             .send_status(false)
