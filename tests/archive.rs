@@ -14,44 +14,8 @@ use std::time::{Duration, Instant};
 
 use support::pg::give_to_test_user;
 use support::s3::S3Server;
+use support::scratch::{Scratch, KEY_HEX, OTHER_KEY_HEX};
 use support::{run_walship, walship_bin, Cluster};
-
-const KEY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-const OTHER_KEY_HEX: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
-
-/// A temp dir the PostgreSQL user can write to (archive_command runs as it).
-struct Scratch {
-    dir: tempfile::TempDir,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = tempfile::Builder::new()
-            .prefix("walship-archive-")
-            .tempdir()
-            .unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        Scratch { dir }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    /// A directory owned by the PostgreSQL test user.
-    fn user_dir(&self, name: &str) -> PathBuf {
-        let p = self.path(name);
-        fs::create_dir_all(&p).unwrap();
-        give_to_test_user(&p);
-        p
-    }
-    /// A key file readable only by its owner (the PostgreSQL test user).
-    fn key_file(&self, name: &str, hex: &str) -> PathBuf {
-        let p = self.path(name);
-        fs::write(&p, format!("{hex}\n")).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
-        give_to_test_user(&p);
-        p
-    }
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -205,7 +169,7 @@ fn archive_round_trip(env: Vec<(&'static str, String)>, scratch: &Scratch) {
 
 #[test]
 fn archive_command_to_local_directory_under_pgbench() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-archive-");
     let repo = scratch.user_dir("repo");
     let key = scratch.key_file("key", KEY_HEX);
     let env = vec![
@@ -228,7 +192,7 @@ fn archive_command_to_local_directory_under_pgbench() {
 
 #[test]
 fn archive_command_to_s3_under_pgbench() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-archive-");
     let s3 = S3Server::start();
     let key = scratch.key_file("key", KEY_HEX);
     // Credentials reach archive_command through a credentials file, never its command line.
@@ -356,7 +320,7 @@ fn get_fails_fatally(name: &str, env: &[(&'static str, String)], scratch: &Scrat
 #[test]
 fn tampered_objects_stop_recovery_with_the_object_named() {
     let sample = wal_sample();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-archive-");
     let repo = scratch.path("repo");
     let key = scratch.key_file("key", KEY_HEX);
     let env = fs_env(&repo, Some(&key));
@@ -406,7 +370,7 @@ fn tampered_objects_stop_recovery_with_the_object_named() {
 #[test]
 fn wrong_or_missing_key_is_named_as_such() {
     let sample = wal_sample();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-archive-");
     let repo = scratch.path("repo");
     let key = scratch.key_file("key", KEY_HEX);
     let other = scratch.key_file("other", OTHER_KEY_HEX);
@@ -446,7 +410,7 @@ fn wrong_or_missing_key_is_named_as_such() {
 fn another_clusters_wal_and_conflicting_content_are_refused() {
     let first = wal_sample();
     let second = wal_sample();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-archive-");
     let repo = scratch.path("repo");
     let env = fs_env(&repo, None);
     let (name, path) = &first.segments[0];
@@ -503,7 +467,7 @@ fn another_clusters_wal_and_conflicting_content_are_refused() {
 #[test]
 fn history_and_backup_files_are_accepted() {
     let sample = wal_sample();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-archive-");
     let repo = scratch.path("repo");
     let env = fs_env(&repo, None);
     assert!(push(&sample.segments[0].1, &env).status.success());
@@ -531,7 +495,7 @@ fn history_and_backup_files_are_accepted() {
 #[test]
 fn full_disk_in_the_repository_fails_cleanly() {
     let sample = wal_sample();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-archive-");
     let mnt = scratch.path("small");
     fs::create_dir_all(&mnt).unwrap();
     let ok = std::process::Command::new("mount")
@@ -571,7 +535,7 @@ fn full_disk_in_the_repository_fails_cleanly() {
 #[test]
 fn s3_server_down_then_back() {
     let sample = wal_sample();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-archive-");
     let mut s3 = S3Server::start();
     let env = vec![
         ("WALSHIP_REPO", format!("s3://{}/down-test", s3.bucket())),
@@ -603,7 +567,7 @@ fn s3_server_down_then_back() {
 #[test]
 fn archive_get_prefetches_and_never_serves_a_bad_spool_entry() {
     let sample = wal_sample_of(5);
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-archive-");
     let repo = scratch.path("repo");
     let key = scratch.key_file("key", KEY_HEX);
     let spool = scratch.path("spool");

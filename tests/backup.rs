@@ -6,9 +6,11 @@
 
 mod support;
 
+use support::pg::give_to_test_user;
+use support::scratch::{Scratch, KEY_HEX};
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,53 +21,6 @@ use walship::config::{FlagValues, Settings};
 use walship::pg::backup_manifest::{crc32c_manifest_hex, ServerManifest};
 use walship::repo::backup::{BackupManifest, FileKind};
 use walship::repo::Repository;
-
-const KEY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-
-/// A temp dir the PostgreSQL user can traverse.
-struct Scratch {
-    dir: tempfile::TempDir,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = tempfile::Builder::new()
-            .prefix("walship-backup-")
-            .tempdir()
-            .unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        Scratch { dir }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    /// A directory owned by the PostgreSQL test user.
-    fn user_dir(&self, name: &str) -> PathBuf {
-        let p = self.path(name);
-        fs::create_dir_all(&p).unwrap();
-        give_to_test_user(&p);
-        p
-    }
-    /// A key file readable by the PostgreSQL test user (archive_command) and root.
-    fn key_file(&self) -> PathBuf {
-        let p = self.path("key");
-        fs::write(&p, format!("{KEY_HEX}\n")).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
-        give_to_test_user(&p);
-        p
-    }
-}
-
-fn give_to_test_user(path: &Path) {
-    let ok = std::process::Command::new("chown")
-        .arg("-R")
-        .arg(support::pg::TEST_USER)
-        .arg(path)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "chown {}", path.display());
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -225,9 +180,9 @@ fn check_against_server_manifest(
 /// measured for an unchanged cluster and after updates of 1% of the rows.
 #[test]
 fn backup_matches_the_server_manifest_and_deduplicates() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-backup-");
     let repo_dir = scratch.user_dir("repo");
-    let key = scratch.key_file();
+    let key = scratch.key_file("key", KEY_HEX);
     let env = vec![
         ("WALSHIP_REPO".to_string(), repo_dir.display().to_string()),
         ("WALSHIP_KEY_FILE".to_string(), key.display().to_string()),
@@ -404,9 +359,9 @@ fn backup_matches_the_server_manifest_and_deduplicates() {
 /// Backup and verify through the real S3 server (WAL archived there too).
 #[test]
 fn backup_round_trip_through_s3() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-backup-");
     let s3 = S3Server::start();
-    let key = scratch.key_file();
+    let key = scratch.key_file("key", KEY_HEX);
     // archive_command gets the credentials from a file, never its command line.
     let creds = scratch.path("aws-credentials");
     fs::write(
@@ -481,7 +436,7 @@ fn backup_round_trip_through_s3() {
 #[test]
 fn ranged_reads_on_fs_and_s3() {
     let rt = runtime();
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-backup-");
     let s3 = S3Server::start();
     let body: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
     let fs_loc = walship::config::RepoLocation::Fs(scratch.path("r"));
@@ -518,7 +473,7 @@ fn ranged_reads_on_fs_and_s3() {
 /// the missing segment and why, and nothing becomes visible.
 #[test]
 fn backup_fails_naming_the_segment_when_no_wal_arrives() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-backup-");
     let repo_dir = scratch.user_dir("repo");
     let cluster = Cluster::builder().conf("archive_mode = off").start();
     let env = vec![
@@ -551,7 +506,7 @@ fn backup_fails_naming_the_segment_when_no_wal_arrives() {
 /// the WAL at the end of the backup; walship's timeout bounds that wait too.
 #[test]
 fn backup_fails_when_archive_command_fails() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-backup-");
     let repo_dir = scratch.user_dir("repo");
     let cluster = Cluster::builder()
         .conf("archive_mode = on")
@@ -575,7 +530,7 @@ fn backup_fails_when_archive_command_fails() {
 /// The walsender is terminated mid-stream: a clear error, nothing visible.
 #[test]
 fn backup_fails_cleanly_when_the_connection_drops() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-backup-");
     let repo_dir = scratch.user_dir("repo");
     let cluster = Cluster::builder().conf("archive_mode = off").start();
     cluster.pgbench_init(2);
@@ -632,7 +587,7 @@ fn backup_fails_cleanly_when_the_connection_drops() {
 /// A role without REPLICATION is refused with the reason and the fix.
 #[test]
 fn backup_refused_without_replication_privilege() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-backup-");
     let repo_dir = scratch.user_dir("repo");
     let cluster = Cluster::new();
     cluster.psql("CREATE ROLE plain LOGIN");
@@ -658,7 +613,7 @@ fn backup_refused_without_replication_privilege() {
 /// max_wal_senders = 1 and the one sender held by another connection.
 #[test]
 fn backup_refused_when_wal_senders_are_exhausted() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-backup-");
     let repo_dir = scratch.user_dir("repo");
     let cluster = Cluster::builder().max_wal_senders(1).start();
     let rt = runtime();
@@ -684,7 +639,7 @@ fn backup_refused_when_wal_senders_are_exhausted() {
 /// override that, unlike permission bits).
 #[test]
 fn backup_fails_when_the_repository_is_unwritable() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-backup-");
     let repo_dir = scratch.user_dir("repo");
     let cluster = Cluster::new();
     cluster.pgbench_init(1);
@@ -712,7 +667,7 @@ fn backup_fails_when_the_repository_is_unwritable() {
 /// `WALSHIP_BACKUP_WAL_TIMEOUT`, 300 s by default; garbage is refused by name.
 #[test]
 fn wal_timeout_setting() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-backup-");
     let conf = scratch.path("walship.toml");
     fs::write(&conf, "repo = \"/tmp/x\"\n[backup]\nwal_timeout = 7\n").unwrap();
     let flags = FlagValues {

@@ -11,13 +11,16 @@
 
 mod support;
 
+use support::scratch::Scratch;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use support::restored::{chown_to_pg_user, RestoredCluster};
+use support::pg::give_to_test_user;
+use support::restored::RestoredCluster;
 use support::s3::S3Server;
 use support::{run_walship, walship_bin, Cluster};
 
@@ -31,38 +34,6 @@ const TABLES: [(&str, &str); 4] = [
     ("pgbench_tellers", "tid"),
     ("pgbench_history", "tid, bid, aid, delta, mtime"),
 ];
-
-/// A temp dir the PostgreSQL user can traverse.
-struct Scratch {
-    dir: tempfile::TempDir,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = tempfile::Builder::new()
-            .prefix("walship-restore-")
-            .tempdir()
-            .unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        Scratch { dir }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn user_dir(&self, name: &str) -> PathBuf {
-        let p = self.path(name);
-        fs::create_dir_all(&p).unwrap();
-        chown_to_pg_user(&p);
-        p
-    }
-    fn key_file(&self, name: &str, hex: &str) -> PathBuf {
-        let p = self.path(name);
-        fs::write(&p, format!("{hex}\n")).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
-        chown_to_pg_user(&p);
-        p
-    }
-}
 
 type Env = Vec<(&'static str, String)>;
 
@@ -253,7 +224,7 @@ fn fs_env(scratch: &Scratch) -> Env {
 /// a diverged directory and --force. Run it on other majors with WALSHIP_PG_BIN.
 #[test]
 fn pitr_every_target_kind_delta_and_force() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-restore-");
     let env = fs_env(&scratch);
     let cluster = archiving_cluster(&env);
     cluster.pgbench_init(1);
@@ -366,7 +337,7 @@ fn restore_ok_dry(env: &Env, dir: &Path, args: &[&str]) -> String {
 /// `--target-timeline latest`.
 #[test]
 fn recovery_across_a_timeline_switch() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-restore-");
     let env = fs_env(&scratch);
     let cluster = archiving_cluster(&env);
     cluster.pgbench_init(1);
@@ -467,7 +438,7 @@ fn wait_archived_restored(s: &RestoredCluster) {
 /// restore_command finds its credentials in PostgreSQL's environment.
 #[test]
 fn restore_from_s3() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-restore-");
     let s3 = S3Server::start();
     let key = scratch.key_file("key", KEY_HEX);
     let creds = scratch.path("aws-credentials");
@@ -481,7 +452,7 @@ fn restore_from_s3() {
     )
     .unwrap();
     fs::set_permissions(&creds, fs::Permissions::from_mode(0o600)).unwrap();
-    chown_to_pg_user(&creds);
+    give_to_test_user(&creds);
     let no_config = scratch.path("no-aws-config").display().to_string();
     let env: Env = vec![
         ("WALSHIP_REPO", format!("s3://{}/restore-test", s3.bucket())),
@@ -531,7 +502,7 @@ struct Small {
 }
 
 fn small() -> Small {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-restore-");
     let env = fs_env(&scratch);
     let cluster = archiving_cluster(&env);
     cluster.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 20000) g");
@@ -688,7 +659,7 @@ fn bad_wrong_key_is_refused_as_a_wrong_key() {
 /// (the original one is still in use by the running source cluster).
 #[test]
 fn tablespace_restored_into_the_mapped_directory() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-restore-");
     let env = fs_env(&scratch);
     let cluster = archiving_cluster(&env);
     let ts = scratch.user_dir("ts-original");
@@ -712,7 +683,7 @@ fn tablespace_restored_into_the_mapped_directory() {
         fs::read_dir(&mapped).unwrap().next().is_some(),
         "the tablespace's files are in the mapped directory"
     );
-    chown_to_pg_user(&mapped);
+    give_to_test_user(&mapped);
     let mut s = RestoredCluster::new(&dir, &[]);
     s.start();
     s.wait_promoted();

@@ -12,8 +12,10 @@
 
 mod support;
 
+use support::pg::give_to_test_user;
+use support::scratch::Scratch;
+
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -31,42 +33,6 @@ fn id_of(flag: &str) -> String {
         .unwrap();
     assert!(out.status.success(), "id {flag} {TEST_USER}");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn chown_to_test_user(path: &Path) {
-    let ok = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{TEST_USER}:"))
-        .arg(path)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "chown {}", path.display());
-}
-
-/// Temp dirs of one test: the repository and the spool belong to the test user.
-struct Scratch {
-    dir: tempfile::TempDir,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = tempfile::Builder::new()
-            .prefix("walship-stream-")
-            .tempdir()
-            .unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        Scratch { dir }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn user_dir(&self, name: &str) -> PathBuf {
-        let p = self.path(name);
-        fs::create_dir_all(&p).unwrap();
-        chown_to_test_user(&p);
-        p
-    }
 }
 
 /// Where the repository is, as environment for walship.
@@ -243,7 +209,7 @@ fn recover_to_latest(copy: &mut Cluster, repo: &RepoEnv) {
     let data = copy.data_dir().to_path_buf();
     let _ = fs::remove_file(data.join("standby.signal"));
     fs::write(data.join("recovery.signal"), b"").unwrap();
-    chown_to_test_user(&data.join("recovery.signal"));
+    give_to_test_user(&data.join("recovery.signal"));
     let restore = format!(
         "{} {} archive-get --allow-partial %f %p",
         repo.inline(),
@@ -406,7 +372,7 @@ fn assert_partial_rules(repo: &RepoEnv, scratch: &Scratch, info: &serde_json::Va
 /// streaming position.
 #[test]
 fn pgbench_stream_then_pitr_to_latest() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-stream-");
     let repo_dir = scratch.user_dir("repo");
     let spool = scratch.user_dir("spool");
     let repo = RepoEnv::dir(&repo_dir);
@@ -499,7 +465,7 @@ fn current_flush_lsn(c: &Cluster) -> u64 {
 /// and no conflicting duplicate, and PITR recovers every commit.
 #[test]
 fn kill_9_under_load_loses_nothing() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-stream-");
     let repo_dir = scratch.user_dir("repo");
     let spool = scratch.user_dir("spool");
     let repo = RepoEnv::dir(&repo_dir);
@@ -549,7 +515,7 @@ fn kill_9_under_load_loses_nothing() {
 /// returned to the client is recovered.
 #[test]
 fn synchronous_mode_recovers_every_returned_commit() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-stream-");
     let repo_dir = scratch.user_dir("repo");
     let spool = scratch.user_dir("spool");
     let repo = RepoEnv::dir(&repo_dir);
@@ -625,7 +591,7 @@ fn replay_caught_up(primary: &Cluster, standby: &Cluster) {
 /// new timeline, and PITR across the switch recovers the new primary's data.
 #[test]
 fn server_restart_and_timeline_switch() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-stream-");
     let repo_dir = scratch.user_dir("repo");
     let spool = scratch.user_dir("spool");
     let repo = RepoEnv::dir(&repo_dir);
@@ -709,7 +675,7 @@ fn server_restart_and_timeline_switch() {
 /// gone, the streamer exits 1 naming the slot, and drops the slot it made.
 #[test]
 fn slot_dropped_while_streaming() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-stream-");
     let repo_dir = scratch.user_dir("repo");
     let spool = scratch.user_dir("spool");
     let repo = RepoEnv::dir(&repo_dir);
@@ -793,7 +759,7 @@ fn slot_dropped_while_streaming() {
 /// holder's PID, retried until the slot is free.
 #[test]
 fn slot_held_by_another_process() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-stream-");
     let repo_dir = scratch.user_dir("repo");
     let repo = RepoEnv::dir(&repo_dir);
     let cluster = source_cluster(&[]);
@@ -850,7 +816,7 @@ fn slot_held_by_another_process() {
 /// and the streamer catches up when the server is back.
 #[test]
 fn repository_down_for_30_seconds() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-stream-");
     let spool = scratch.user_dir("spool");
     let mut s3 = S3Server::start();
     let repo = RepoEnv(s3.env("stream"));
@@ -911,7 +877,7 @@ fn repository_down_for_30_seconds() {
 /// flush past what is stored, and streaming resumes once space is freed.
 #[test]
 fn spool_disk_full() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-stream-");
     let repo_dir = scratch.user_dir("repo");
     let repo = RepoEnv::dir(&repo_dir);
     let spool = scratch.path("spool");
@@ -930,7 +896,7 @@ fn spool_disk_full() {
         }
     }
     let _unmount = Unmount(spool.clone());
-    chown_to_test_user(&spool);
+    give_to_test_user(&spool);
     let filler = spool.join("filler");
     let cluster = source_cluster(&[]);
     cluster.pgbench_init(1);
@@ -994,7 +960,7 @@ fn spool_disk_full() {
 /// streamer retrying its first connection) stops it at once with exit 0.
 #[test]
 fn usage_errors_and_sigint_while_the_server_is_down() {
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("walship-stream-");
     let repo_dir = scratch.user_dir("repo");
     let spool = scratch.user_dir("spool");
     let repo = RepoEnv::dir(&repo_dir);

@@ -6,6 +6,7 @@ pub mod pg;
 pub mod repl;
 pub mod restored;
 pub mod s3;
+pub mod scratch;
 
 #[allow(unused_imports)]
 pub use pg::{run_walship, walship_bin, AuthMethod, Cluster, ClusterBuilder, PgBin, TestPki};

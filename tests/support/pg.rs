@@ -148,7 +148,7 @@ fn is_root() -> bool {
 
 /// `(uid, gid)` of [`TEST_USER`] when running as root (creating the user when
 /// missing); `None` when PostgreSQL runs as the current user.
-fn test_user_ids() -> Option<(u32, u32)> {
+pub fn test_user_ids() -> Option<(u32, u32)> {
     static IDS: OnceLock<Option<(u32, u32)>> = OnceLock::new();
     *IDS.get_or_init(|| {
         if !is_root() {

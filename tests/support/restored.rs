@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use super::pg::{PgBin, SUPERUSER, TEST_USER};
+use super::pg::{PgBin, SUPERUSER};
 
 /// A server on a restored data directory. Dropping it stops the server
 /// (immediate) and removes its socket directory and log; the data directory
@@ -23,25 +23,10 @@ pub struct RestoredCluster {
     running: bool,
 }
 
-fn user_ids() -> Option<(u32, u32)> {
-    let out = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
-        return None;
-    }
-    let id = |flag: &str| -> u32 {
-        let o = Command::new("id").args([flag, TEST_USER]).output().unwrap();
-        String::from_utf8_lossy(&o.stdout)
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("user {TEST_USER} does not exist (create a Cluster first)"))
-    };
-    Some((id("-u"), id("-g")))
-}
-
 /// A command running `program` as the PostgreSQL test user, without the
 /// caller's `PG*` and `WALSHIP_*` variables.
 fn as_pg_user(program: &Path) -> Command {
-    let mut cmd = match user_ids() {
+    let mut cmd = match super::pg::test_user_ids() {
         Some((uid, gid)) => {
             let mut c = Command::new("/usr/bin/setpriv");
             c.arg(format!("--reuid={uid}"))
@@ -63,20 +48,6 @@ fn as_pg_user(program: &Path) -> Command {
     cmd
 }
 
-/// Gives `path` (recursively) to the PostgreSQL test user.
-pub fn chown_to_pg_user(path: &Path) {
-    if user_ids().is_some() {
-        let ok = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{TEST_USER}:"))
-            .arg(path)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "chown -R {}", path.display());
-    }
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -96,8 +67,8 @@ impl RestoredCluster {
             .unwrap()
             .keep();
         fs::create_dir(root.join("sock")).unwrap();
-        chown_to_pg_user(&root);
-        chown_to_pg_user(data);
+        super::pg::give_to_test_user(&root);
+        super::pg::give_to_test_user(data);
         let port = free_port();
         let mut conf = fs::OpenOptions::new()
             .append(true)
