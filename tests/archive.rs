@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use support::pg::give_to_test_user;
 use support::s3::S3Server;
 use support::scratch::{Scratch, KEY_HEX, OTHER_KEY_HEX};
 use support::{run_walship, walship_bin, Cluster};
@@ -196,18 +195,7 @@ fn archive_command_to_s3_under_pgbench() {
     let s3 = S3Server::start();
     let key = scratch.key_file("key", KEY_HEX);
     // Credentials reach archive_command through a credentials file, never its command line.
-    let creds = scratch.path("aws-credentials");
-    fs::write(
-        &creds,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            s3.access_key(),
-            s3.secret_key()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&creds, fs::Permissions::from_mode(0o600)).unwrap();
-    give_to_test_user(&creds);
+    let creds = scratch.aws_credentials(&s3);
     let env = vec![
         ("WALSHIP_REPO", format!("s3://{}/archive-test", s3.bucket())),
         ("WALSHIP_S3_ENDPOINT", s3.endpoint().to_string()),

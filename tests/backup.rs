@@ -6,7 +6,6 @@
 
 mod support;
 
-use support::pg::give_to_test_user;
 use support::scratch::{Scratch, KEY_HEX};
 
 use std::fs;
@@ -363,18 +362,7 @@ fn backup_round_trip_through_s3() {
     let s3 = S3Server::start();
     let key = scratch.key_file("key", KEY_HEX);
     // archive_command gets the credentials from a file, never its command line.
-    let creds = scratch.path("aws-credentials");
-    fs::write(
-        &creds,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            s3.access_key(),
-            s3.secret_key()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&creds, fs::Permissions::from_mode(0o600)).unwrap();
-    give_to_test_user(&creds);
+    let creds = scratch.aws_credentials(&s3);
     let mut env: Vec<(String, String)> = s3
         .env("backup-test")
         .into_iter()

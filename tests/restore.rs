@@ -14,7 +14,6 @@ mod support;
 use support::scratch::Scratch;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -441,18 +440,7 @@ fn restore_from_s3() {
     let scratch = Scratch::new("walship-restore-");
     let s3 = S3Server::start();
     let key = scratch.key_file("key", KEY_HEX);
-    let creds = scratch.path("aws-credentials");
-    fs::write(
-        &creds,
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            s3.access_key(),
-            s3.secret_key()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&creds, fs::Permissions::from_mode(0o600)).unwrap();
-    give_to_test_user(&creds);
+    let creds = scratch.aws_credentials(&s3);
     let no_config = scratch.path("no-aws-config").display().to_string();
     let env: Env = vec![
         ("WALSHIP_REPO", format!("s3://{}/restore-test", s3.bucket())),

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use super::pg::give_to_test_user;
+use super::s3::S3Server;
 
 /// A 256-bit key, as a key file holds it.
 pub const KEY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -43,6 +44,25 @@ impl Scratch {
     pub fn key_file(&self, name: &str, hex: &str) -> PathBuf {
         let p = self.path(name);
         fs::write(&p, format!("{hex}\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        give_to_test_user(&p);
+        p
+    }
+
+    /// An AWS shared-credentials file (0600, owned by the PostgreSQL test
+    /// user) for `s3`: walship run by PostgreSQL finds its credentials there
+    /// (`AWS_SHARED_CREDENTIALS_FILE`), never on a command line.
+    pub fn aws_credentials(&self, s3: &S3Server) -> PathBuf {
+        let p = self.path("aws-credentials");
+        fs::write(
+            &p,
+            format!(
+                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+                s3.access_key(),
+                s3.secret_key()
+            ),
+        )
+        .unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
         give_to_test_user(&p);
         p
