@@ -395,13 +395,10 @@ impl Settings {
                 origin: "environment".into(),
                 reason: format!("`{v}` is not a number of segments"),
             })?,
-            None => file.archive_get.prefetch.unwrap_or(match repo {
-                // A local directory answers as fast as the spool would; the
-                // worker would only compete with replay for the CPU
-                // (measured: docs/restore.md).
-                Some(RepoLocation::Fs(_)) | None => 0,
-                Some(RepoLocation::S3 { .. }) => DEFAULT_PREFETCH,
-            }),
+            // From any repository: the spool holds decoded, verified segments,
+            // so decryption and decompression leave replay's critical path
+            // (measured: docs/benchmarks.md, restore).
+            None => file.archive_get.prefetch.unwrap_or(DEFAULT_PREFETCH),
         };
         let prefetch = PrefetchSettings {
             depth,
@@ -776,7 +773,7 @@ mod tests {
     }
 
     #[test]
-    fn prefetch_defaults_by_repository_kind() {
+    fn prefetch_defaults_to_eight_segments() {
         let s = resolve(
             FlagValues {
                 repo: Some("/r".into()),
@@ -785,7 +782,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(s.prefetch.depth, 0);
+        assert_eq!(s.prefetch.depth, DEFAULT_PREFETCH);
         let s = resolve(
             FlagValues {
                 repo: Some("s3://b/p".into()),

@@ -580,10 +580,14 @@ fn archive_get_prefetches_and_never_serves_a_bad_spool_entry() {
 
     get(0, &env);
     // The worker fills the spool with the next three segments in the background.
+    // Entries are verified, decoded segments named `<segment>.<crc32c>`.
     let spooled = |name: &str| -> Option<PathBuf> {
         let sub = fs::read_dir(&spool).ok()?.flatten().next()?.path();
-        let p = sub.join(name);
-        p.exists().then_some(p)
+        fs::read_dir(sub).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{name}.")) && !n.ends_with(".tmp"))
+        })
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while (1..=3).any(|i| spooled(&seg(i)).is_none()) {
@@ -612,7 +616,21 @@ fn archive_get_prefetches_and_never_serves_a_bad_spool_entry() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    fs::copy(spooled(&seg(4)).unwrap(), spooled(&seg(3)).unwrap()).unwrap();
+    let (entry3, entry4) = (spooled(&seg(3)).unwrap(), spooled(&seg(4)).unwrap());
+    assert!(
+        fs::read(&entry4).unwrap() == fs::read(&sample.segments[4].1).unwrap(),
+        "a spool entry is the plain segment"
+    );
+    fs::copy(&entry4, &entry3).unwrap();
     let o = get(3, &env);
     assert!(stderr(&o).contains("discarded"), "{}", stderr(&o));
+
+    // Segment 4's entry, CRC and all, under segment 3's name: the page header
+    // check refuses it (the CRC alone would not).
+    let crc4 = entry4.extension().unwrap().to_str().unwrap().to_string();
+    let wrong = entry4.with_file_name(format!("{}.{crc4}", seg(3)));
+    fs::rename(&entry4, &wrong).unwrap();
+    let o = get(3, &env);
+    assert!(stderr(&o).contains("discarded"), "{}", stderr(&o));
+    assert!(!wrong.exists(), "the wrong entry was not removed");
 }

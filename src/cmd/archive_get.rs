@@ -41,31 +41,34 @@ pub async fn run(settings: &Settings, args: &ArchiveGetArgs, global: &GlobalArgs
 }
 
 async fn fetch(settings: &Settings, args: &ArchiveGetArgs) -> anyhow::Result<bool> {
+    // A segment the read-ahead already verified and decoded: check it and
+    // rename it into place, without opening the repository at all.
+    let is_segment =
+        args.walfile.len() == 24 && args.walfile.bytes().all(|b| b.is_ascii_hexdigit());
+    if settings.prefetch.depth > 0 && is_segment {
+        match PrefetchSpool::open(settings) {
+            Ok(spool) => {
+                let (walfile, dest) = (args.walfile.clone(), args.dest.clone());
+                let served = tokio::task::spawn_blocking(move || {
+                    let served = spool.serve(&walfile, &dest);
+                    spool.prune(&walfile);
+                    served
+                })
+                .await
+                .context("spool task failed")??;
+                if served {
+                    return Ok(true);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "prefetch spool unusable; reading from the repository only")
+            }
+        }
+    }
     let repo = Repository::open(settings).await?;
     let seg_size = repo.seg_size()?;
     let name = WalFileName::parse(&args.walfile, seg_size)
         .with_context(|| format!("`{}` is not a WAL file name", args.walfile))?;
-    let spool = if settings.prefetch.depth > 0 && matches!(name, WalFileName::Segment { .. }) {
-        match PrefetchSpool::open(&settings.prefetch, &repo) {
-            Ok(spool) => Some(spool),
-            Err(e) => {
-                tracing::warn!(error = %e, "prefetch spool unusable; reading from the repository only");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let spooled = spool.as_ref().and_then(|s| s.take(&repo, &name));
-    if let Some(spool) = &spool {
-        spool.prune(&name, seg_size);
-    }
-    if let Some(data) = spooled {
-        return write_file(&args.dest, move |f| {
-            f.write_all(&data).map_err(anyhow::Error::from)
-        })
-        .await;
-    }
     if let Some(stored) = repo.fetch_wal_object(&name).await? {
         // Decoded a chunk at a time straight into the destination's temp file.
         let repo = Arc::new(repo);
@@ -104,9 +107,16 @@ async fn write_file(
     Ok(true)
 }
 
-/// Fills a temp file beside `dest` (mode 0600, as PostgreSQL's own WAL),
-/// fsyncs it, renames it over `dest` and fsyncs the directory: PostgreSQL
-/// never sees half a segment, nor one that failed verification half-way.
+/// Fills a temp file beside `dest` (mode 0600, as PostgreSQL's own WAL) and
+/// renames it over `dest`: PostgreSQL never sees half a segment, nor one that
+/// failed verification half-way.
+///
+/// No fsync: DEST is PostgreSQL's scratch file (`RECOVERYXLOG`), read and
+/// thrown away; when PostgreSQL keeps a restored file in pg_wal it makes it
+/// durable itself (`KeepFileRestoredFromArchive` renames it with
+/// `durable_rename`, which fsyncs the file and the directory), and after a
+/// crash recovery asks for the segment again. An fsync here cost about a
+/// third of every archive-get.
 pub fn write_atomically_with(
     dest: &Path,
     fill: impl FnOnce(&mut std::fs::File) -> anyhow::Result<()>,
@@ -129,9 +139,7 @@ pub fn write_atomically_with(
             .mode(0o600)
             .open(&tmp)?;
         fill(&mut f)?;
-        f.sync_all()?;
         std::fs::rename(&tmp, dest)?;
-        std::fs::File::open(&dir)?.sync_all()?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -169,7 +177,7 @@ pub async fn prefetch_worker(
 ) -> anyhow::Result<ExitCode> {
     let repo = Arc::new(Repository::open(settings).await?);
     let name = WalFileName::parse(&args.after, repo.seg_size()?)?;
-    let spool = PrefetchSpool::open(&settings.prefetch, &repo)?;
+    let spool = PrefetchSpool::open(settings)?;
     spool.fill(&repo, &name, settings.prefetch.depth).await?;
     Ok(ExitCode::SUCCESS)
 }

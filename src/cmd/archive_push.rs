@@ -21,7 +21,7 @@ use crate::repo::{ClusterIdentity, RepoError, Repository};
 pub async fn run(settings: &Settings, args: &ArchivePushArgs) -> anyhow::Result<ExitCode> {
     let path = &args.path;
     let file_name = wal_file_name(path)?;
-    let data = tokio::fs::read(path)
+    let data = read_wal_file(path)
         .await
         .with_context(|| format!("cannot read WAL file {}", path.display()))?;
     let origin = path.display().to_string();
@@ -50,7 +50,7 @@ pub async fn run(settings: &Settings, args: &ArchivePushArgs) -> anyhow::Result<
     let name = WalFileName::parse(file_name, repo.seg_size()?)
         .with_context(|| format!("{origin}: not a WAL file name"))?;
     match repo
-        .push_wal(&name, bytes::Bytes::from(data), &origin)
+        .push_wal(&name, data, &origin)
         .await?
     {
         PushOutcome::Stored => tracing::debug!(file = file_name, "stored"),
@@ -62,6 +62,17 @@ pub async fn run(settings: &Settings, args: &ArchivePushArgs) -> anyhow::Result<
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn read_wal_file(path: &Path) -> std::io::Result<bytes::Bytes> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path)?;
+        let len = file.metadata()?.len();
+        crate::storage::mapped::read_whole(file, len, &path)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 fn wal_file_name(path: &Path) -> anyhow::Result<&str> {

@@ -11,7 +11,9 @@ use super::format::{
     FLAG_FINAL, FRAME_HEADER_LEN, HEADER_LEN, MAGIC, TAG_LEN, TRAILER_LEN,
 };
 use super::key::{wipe, Key};
+use super::tree_hash;
 use super::ObjectSummary;
+use blake3::hazmat::ChainingValue;
 
 #[derive(Debug, Clone, Copy)]
 enum State {
@@ -163,17 +165,15 @@ impl ObjectDecoder {
             State::FrameBody { fh, stored_len } => {
                 let (payload, crc) = unit.split_at(stored_len);
                 let (header, _) = self.header_ref()?;
-                let want = frame_crc(header, self.index, &fh, payload);
-                let got = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-                if want != got {
-                    return Err(self.corrupt(
-                        self.frame_start,
-                        format!(
-                            "chunk {}: CRC-32C mismatch (stored {got:08x}, computed {want:08x})",
-                            self.index
-                        ),
-                    ));
-                }
+                check_crc(
+                    &self.name,
+                    header,
+                    self.index,
+                    self.frame_start,
+                    &fh,
+                    payload,
+                    crc,
+                )?;
                 self.on_payload(fh[0], payload, out)
             }
             State::Done | State::Failed => Ok(()),
@@ -293,27 +293,19 @@ impl ObjectDecoder {
         let State::FrameBody { fh, .. } = self.state else {
             return Err(self.corrupt(self.frame_start, "internal: not in a frame".into()));
         };
-        let (ct, tag) = body.split_at_mut(body.len() - TAG_LEN);
         let (header, _) = self.header_ref()?;
-        let ad = associated_data(header, self.index, &fh);
-        let opened = match &self.cipher {
-            Some((cipher, prefix)) => cipher
-                .decrypt_in_place_detached(
-                    Nonce::from_slice(&nonce(prefix, self.index)),
-                    &ad,
-                    ct,
-                    Tag::from_slice(tag),
-                )
-                .is_ok(),
-            None => false,
+        let Some(cipher) = &self.cipher else {
+            return Err(self.corrupt(self.frame_start, "internal: no cipher".into()));
         };
-        if !opened {
-            return Err(CodecError::Tampered {
-                name: self.name.clone(),
-                chunk: self.index,
-                offset: self.frame_start,
-            });
-        }
+        let ct = open_frame(
+            &self.name,
+            cipher,
+            header,
+            self.index,
+            self.frame_start,
+            &fh,
+            body,
+        )?;
         self.on_payload(fh[0], ct, out)
     }
 
@@ -325,36 +317,21 @@ impl ObjectDecoder {
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
         if self.index == self.n_data {
-            return self.on_trailer(payload);
+            let computed = Checksum(*self.hasher.finalize().as_bytes());
+            return self.on_trailer(payload, computed);
         }
         let (_, header) = self.header_ref()?;
         let plain = self.chunk_plain_len(header);
         let start = out.len();
-        if flags & FLAG_COMPRESSED != 0 {
-            out.resize(start + plain, 0);
-            match lz4_flex::block::decompress_into(payload, &mut out[start..]) {
-                Ok(n) if n == plain => {}
-                Ok(n) => {
-                    out.truncate(start);
-                    return Err(self.corrupt(
-                        self.frame_start,
-                        format!(
-                            "chunk {}: decompressed to {n} bytes, expected {plain}",
-                            self.index
-                        ),
-                    ));
-                }
-                Err(e) => {
-                    out.truncate(start);
-                    return Err(self.corrupt(
-                        self.frame_start,
-                        format!("chunk {}: lz4 block does not decompress: {e}", self.index),
-                    ));
-                }
-            }
-        } else {
-            out.extend_from_slice(payload);
-        }
+        inflate_into(
+            &self.name,
+            self.index,
+            self.frame_start,
+            flags,
+            payload,
+            plain,
+            out,
+        )?;
         self.hasher.update(&out[start..]);
         self.plain_done += plain as u64;
         self.index += 1;
@@ -363,7 +340,7 @@ impl ObjectDecoder {
         Ok(())
     }
 
-    fn on_trailer(&mut self, t: &[u8]) -> Result<(), CodecError> {
+    fn on_trailer(&mut self, t: &[u8], computed: Checksum) -> Result<(), CodecError> {
         let (_, header) = self.header_ref()?;
         let mut sum = [0u8; 32];
         sum.copy_from_slice(&t[..32]);
@@ -382,7 +359,6 @@ impl ObjectDecoder {
                 ),
             ));
         }
-        let computed = Checksum(*self.hasher.finalize().as_bytes());
         let recorded = Checksum(sum);
         if computed != recorded {
             return Err(self.corrupt(
@@ -438,4 +414,259 @@ impl ObjectDecoder {
             ))),
         }
     }
+}
+
+/// Checks an unencrypted frame's CRC-32C (over the header, index, frame
+/// header and payload).
+fn check_crc(
+    name: &str,
+    header: &[u8; HEADER_LEN],
+    index: u64,
+    frame_start: u64,
+    fh: &[u8; FRAME_HEADER_LEN],
+    payload: &[u8],
+    crc: &[u8],
+) -> Result<(), CodecError> {
+    let want = frame_crc(header, index, fh, payload);
+    let got = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if want != got {
+        return Err(CodecError::Corrupt {
+            name: name.into(),
+            offset: frame_start,
+            reason: format!(
+                "chunk {index}: CRC-32C mismatch (stored {got:08x}, computed {want:08x})"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Authenticates and decrypts a sealed frame body (ciphertext then tag) in
+/// place; returns the payload.
+fn open_frame<'a>(
+    name: &str,
+    (cipher, prefix): &(Aes256Gcm, [u8; 8]),
+    header: &[u8; HEADER_LEN],
+    index: u64,
+    frame_start: u64,
+    fh: &[u8; FRAME_HEADER_LEN],
+    body: &'a mut [u8],
+) -> Result<&'a [u8], CodecError> {
+    let (ct, tag) = body.split_at_mut(body.len() - TAG_LEN);
+    let ad = associated_data(header, index, fh);
+    cipher
+        .decrypt_in_place_detached(
+            Nonce::from_slice(&nonce(prefix, index)),
+            &ad,
+            ct,
+            Tag::from_slice(tag),
+        )
+        .map_err(|_| CodecError::Tampered {
+            name: name.into(),
+            chunk: index,
+            offset: frame_start,
+        })?;
+    Ok(ct)
+}
+
+/// Appends a verified payload's plaintext (`plain` bytes) to `out`,
+/// decompressing it when the frame says so.
+fn inflate_into(
+    name: &str,
+    index: u64,
+    frame_start: u64,
+    flags: u8,
+    payload: &[u8],
+    plain: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    if flags & FLAG_COMPRESSED == 0 {
+        out.extend_from_slice(payload);
+        return Ok(());
+    }
+    let start = out.len();
+    out.resize(start + plain, 0);
+    let reason = match lz4_flex::block::decompress_into(payload, &mut out[start..]) {
+        Ok(n) if n == plain => return Ok(()),
+        Ok(n) => format!("chunk {index}: decompressed to {n} bytes, expected {plain}"),
+        Err(e) => format!("chunk {index}: lz4 block does not decompress: {e}"),
+    };
+    out.truncate(start);
+    Err(CodecError::Corrupt {
+        name: name.into(),
+        offset: frame_start,
+        reason,
+    })
+}
+
+/// The frames of a whole object, checked as [`ObjectDecoder`] checks them
+/// (header, then each frame header in order, lengths, nothing after the
+/// trailer), without opening any; `None` at the first flaw.
+fn walk_frames(dec: &mut ObjectDecoder, stored: &[u8]) -> Option<(Vec<DataFrame>, DataFrame)> {
+    if stored.len() < HEADER_LEN {
+        return None;
+    }
+    dec.feed(&stored[..HEADER_LEN], &mut Vec::new()).ok()?;
+    let mut frames = Vec::with_capacity(dec.n_data as usize);
+    let mut pos = HEADER_LEN;
+    let crc_len = if dec.encrypted() { 0 } else { CRC_LEN };
+    loop {
+        dec.frame_start = pos as u64;
+        let fh = stored.get(pos..pos + FRAME_HEADER_LEN)?;
+        dec.on_frame_header(fh).ok()?;
+        let State::FrameBody { fh, stored_len } = dec.state else {
+            return None;
+        };
+        let body_start = pos + FRAME_HEADER_LEN;
+        let body_end = body_start + stored_len + crc_len;
+        if body_end > stored.len() {
+            return None;
+        }
+        let frame = DataFrame {
+            index: dec.index,
+            fh,
+            start: pos as u64,
+            body: body_start..body_end,
+        };
+        pos = body_end;
+        if dec.index == dec.n_data {
+            return (pos == stored.len()).then_some((frames, frame));
+        }
+        frames.push(frame);
+        dec.index += 1;
+        dec.state = State::FrameHead;
+    }
+}
+
+/// One data frame found by [`walk_frames`].
+struct DataFrame {
+    index: u64,
+    fh: [u8; FRAME_HEADER_LEN],
+    start: u64,
+    body: std::ops::Range<usize>,
+}
+
+/// Decodes and verifies a whole object held in memory with up to `threads`
+/// threads opening, decompressing and hashing chunks side by side, handing
+/// the plaintext to `sink` in order a chunk at a time. Verification is that
+/// of [`ObjectDecoder`], error for error; as there, the output is not to be
+/// used unless this returns `Ok`.
+pub fn decode_parallel(
+    name: &str,
+    stored: &[u8],
+    key: Option<Arc<Key>>,
+    threads: usize,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), CodecError>,
+) -> Result<ObjectSummary, CodecError> {
+    let sequential = |sink: &mut dyn FnMut(&[u8]) -> Result<(), CodecError>| {
+        let mut dec = ObjectDecoder::new(name, key.clone());
+        let mut out = Vec::new();
+        for piece in stored.chunks(1 << 20) {
+            dec.feed(piece, &mut out)?;
+            sink(&out)?;
+            out.clear();
+        }
+        dec.finish()
+    };
+    let n_data = match super::format::read_header(stored) {
+        Ok(h) => h.data_chunks(),
+        Err(_) => 0,
+    };
+    if threads < 2 || n_data < 2 {
+        return sequential(sink);
+    }
+    let mut dec = ObjectDecoder::new(name, key.clone());
+    // Any flaw in the layout (header, frame headers, lengths, trailing bytes):
+    // the streaming decoder finds it and reports it exactly as it always does.
+    let Some((frames, trailer)) = walk_frames(&mut dec, stored) else {
+        return sequential(sink);
+    };
+    let (header_raw, header) = match &dec.header {
+        Some((h, raw)) => (raw, h),
+        None => return Err(dec.corrupt(0, "internal: no header".into())),
+    };
+    let cs = header.chunk_size();
+    let plain_len = header.plain_len;
+    let cipher = dec.cipher.as_ref();
+    // One chunk: verified plaintext and its BLAKE3 subtree hash.
+    let open = |f: &DataFrame| -> Result<(Vec<u8>, ChainingValue), CodecError> {
+        let plain = (plain_len - f.index * cs).min(cs) as usize;
+        let mut body = stored[f.body.clone()].to_vec();
+        let payload: &[u8] = match cipher {
+            Some(c) => open_frame(name, c, header_raw, f.index, f.start, &f.fh, &mut body)?,
+            None => {
+                let (payload, crc) = body.split_at(body.len() - CRC_LEN);
+                check_crc(name, header_raw, f.index, f.start, &f.fh, payload, crc)?;
+                payload
+            }
+        };
+        let mut out = Vec::with_capacity(plain);
+        inflate_into(name, f.index, f.start, f.fh[0], payload, plain, &mut out)?;
+        let cv = tree_hash::chunk_cv(&out, f.index * cs);
+        Ok((out, cv))
+    };
+    let threads = threads.min(frames.len());
+    let mut cvs = Vec::with_capacity(frames.len());
+    std::thread::scope(|scope| -> Result<(), CodecError> {
+        let mut opened = Vec::with_capacity(threads - 1);
+        for k in 1..threads {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            opened.push(rx);
+            let (open, frames) = (&open, &frames);
+            scope.spawn(move || {
+                for f in frames.iter().skip(k).step_by(threads) {
+                    let result = open(f);
+                    let failed = result.is_err();
+                    if tx.send(result).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        for (i, f) in frames.iter().enumerate() {
+            let (plain, cv) = match i % threads {
+                0 => open(f)?,
+                k => opened[k - 1].recv().map_err(|_| CodecError::Invalid {
+                    name: name.into(),
+                    reason: "a decoding thread stopped".into(),
+                })??,
+            };
+            cvs.push(cv);
+            sink(&plain)?;
+        }
+        Ok(())
+    })?;
+    let computed = Checksum(*tree_hash::root_hash(&cvs, cs, plain_len).as_bytes());
+    dec.index = trailer.index;
+    dec.frame_start = trailer.start;
+    dec.consumed = stored.len() as u64;
+    dec.plain_done = plain_len;
+    let mut body = stored[trailer.body.clone()].to_vec();
+    let t: &[u8] = match &dec.cipher {
+        Some(c) => open_frame(
+            name,
+            c,
+            header_raw,
+            trailer.index,
+            trailer.start,
+            &trailer.fh,
+            &mut body,
+        )?,
+        None => {
+            let (payload, crc) = body.split_at(body.len() - CRC_LEN);
+            check_crc(
+                name,
+                header_raw,
+                trailer.index,
+                trailer.start,
+                &trailer.fh,
+                payload,
+                crc,
+            )?;
+            payload
+        }
+    };
+    let t = t.to_vec();
+    dec.on_trailer(&t, computed)?;
+    dec.finish()
 }

@@ -6,13 +6,15 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use super::error::CodecError;
 use super::format::{
     associated_data, data_chunks, frame_crc, frame_header, name_hash, nonce, trailer, Checksum,
-    ObjectHeader, DEFAULT_CHUNK_SHIFT, FLAG_COMPRESSED, FLAG_FINAL, FORMAT_VERSION, HEADER_LEN,
-    MAX_CHUNK_SHIFT, MIN_CHUNK_SHIFT, TAG_LEN,
+    ObjectHeader, DEFAULT_CHUNK_SHIFT, FLAG_COMPRESSED, FLAG_FINAL, FORMAT_VERSION,
+    FRAME_HEADER_LEN, HEADER_LEN, MAX_CHUNK_SHIFT, MIN_CHUNK_SHIFT, TAG_LEN,
 };
 use super::key::wipe;
+use super::tree_hash;
 use super::{CodecSettings, Compression, ObjectSummary};
 use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::OsRng;
+use blake3::hazmat::ChainingValue;
 
 /// Seals frames: owns the header bytes and, when encrypting, the object's
 /// cipher and nonce prefix.
@@ -170,8 +172,11 @@ impl ObjectEncoder {
             (cipher, prefix)
         });
         let chunk_size = 1usize << chunk_shift;
+        // Sized for the largest chunk this object has: a 256 KiB backup chunk
+        // must not pay for zeroing a 1 MiB buffer.
+        let largest = usize::try_from(plain_len).map_or(chunk_size, |n| n.min(chunk_size));
         let scratch_len = match settings.compression {
-            Compression::Lz4 => lz4_flex::block::get_maximum_output_size(chunk_size),
+            Compression::Lz4 => lz4_flex::block::get_maximum_output_size(largest),
             Compression::None => 0,
         };
         ObjectEncoder {
@@ -339,69 +344,82 @@ fn encode_parallel_with(
     if let Some(e) = enc.failed.take() {
         return Err(e);
     }
-    let threads = threads.max(1);
+    let cs = enc.chunk_size;
+    let n = plain.len().div_ceil(cs);
+    let threads = threads.clamp(1, n.max(1));
+    if threads == 1 || n < 2 {
+        sink(enc.header())?;
+        let mut out = Vec::new();
+        for chunk in plain.chunks(cs) {
+            enc.push(chunk, &mut out);
+            sink(std::mem::take(&mut out))?;
+        }
+        let summary = enc.finish(&mut out)?;
+        sink(out)?;
+        return Ok(summary);
+    }
+    let (sealer, name, compression) = (&enc.sealer, enc.name.as_str(), enc.compression);
+    // One chunk: its frame, and its BLAKE3 subtree hash while it is in cache.
+    let seal = |i: usize, scratch: &mut Vec<u8>| -> Result<(Vec<u8>, ChainingValue), CodecError> {
+        let chunk = &plain[i * cs..((i + 1) * cs).min(plain.len())];
+        let cv = tree_hash::chunk_cv(chunk, (i * cs) as u64);
+        let mut out = Vec::with_capacity(chunk.len() + FRAME_HEADER_LEN + TAG_LEN);
+        seal_chunk(
+            sealer,
+            name,
+            compression,
+            i as u64,
+            chunk,
+            scratch,
+            &mut out,
+        )?;
+        Ok((out, cv))
+    };
     let mut stored = HEADER_LEN as u64;
     sink(enc.header())?;
-    let chunks: Vec<&[u8]> = plain.chunks(enc.chunk_size).collect();
-    let (sealer, name, compression) = (&enc.sealer, enc.name.as_str(), enc.compression);
-    let checksum = std::thread::scope(|scope| -> Result<Checksum, CodecError> {
-        // The plaintext checksum runs beside the sealing.
-        let hasher = scope.spawn(|| Checksum(*blake3::hash(plain).as_bytes()));
+    let mut cvs = Vec::with_capacity(n);
+    std::thread::scope(|scope| -> Result<(), CodecError> {
+        // Worker k seals chunks k, k + threads, ...; this thread seals the
+        // rest and hands every frame to the sink in order. A bounded channel
+        // per worker keeps at most two of its frames waiting.
+        let mut sealed = Vec::with_capacity(threads - 1);
+        for k in 1..threads {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            sealed.push(rx);
+            let seal = &seal;
+            scope.spawn(move || {
+                let mut scratch = Vec::new();
+                for i in (k..n).step_by(threads) {
+                    let result = seal(i, &mut scratch);
+                    let failed = result.is_err();
+                    // A closed channel: the caller stopped (its sink failed).
+                    if tx.send(result).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
         let mut scratch = Vec::new();
-        for (batch_no, batch) in chunks.chunks(threads).enumerate() {
-            let first = (batch_no * threads) as u64;
-            let helpers: Vec<_> = batch
-                .iter()
-                .enumerate()
-                .skip(1)
-                .map(|(i, chunk)| {
-                    scope.spawn(move || {
-                        let (mut scratch, mut out) = (Vec::new(), Vec::new());
-                        seal_chunk(
-                            sealer,
-                            name,
-                            compression,
-                            first + i as u64,
-                            chunk,
-                            &mut scratch,
-                            &mut out,
-                        )
-                        .map(|_| out)
-                    })
-                })
-                .collect();
-            let mut out = Vec::new();
-            seal_chunk(
-                sealer,
-                name,
-                compression,
-                first,
-                batch[0],
-                &mut scratch,
-                &mut out,
-            )?;
+        for i in 0..n {
+            let (out, cv) = match i % threads {
+                0 => seal(i, &mut scratch)?,
+                k => sealed[k - 1].recv().map_err(|_| CodecError::Invalid {
+                    name: name.into(),
+                    reason: "a sealing thread stopped".into(),
+                })??,
+            };
+            cvs.push(cv);
             stored += out.len() as u64;
             sink(out)?;
-            for helper in helpers {
-                let out = helper.join().map_err(|_| CodecError::Invalid {
-                    name: name.into(),
-                    reason: "a sealing thread panicked".into(),
-                })??;
-                stored += out.len() as u64;
-                sink(out)?;
-            }
         }
-        hasher.join().map_err(|_| CodecError::Invalid {
-            name: name.into(),
-            reason: "the checksum thread panicked".into(),
-        })
+        Ok(())
     })?;
-    let index = chunks.len() as u64;
+    let checksum = Checksum(*tree_hash::root_hash(&cvs, cs as u64, plain.len() as u64).as_bytes());
     let mut out = Vec::new();
-    let t = trailer(&checksum, plain.len() as u64, index);
+    let t = trailer(&checksum, plain.len() as u64, n as u64);
     stored += enc
         .sealer
-        .emit(&enc.name, index, FLAG_FINAL, &t, &mut out)? as u64;
+        .emit(&enc.name, n as u64, FLAG_FINAL, &t, &mut out)? as u64;
     sink(out)?;
     Ok(ObjectSummary {
         plain_len: plain.len() as u64,

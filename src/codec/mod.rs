@@ -21,12 +21,13 @@ mod format;
 mod key;
 #[cfg(test)]
 mod tests;
+mod tree_hash;
 
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-pub use decode::ObjectDecoder;
+pub use decode::{decode_parallel, ObjectDecoder};
 pub use encode::{encode_parallel, ObjectEncoder};
 pub use error::CodecError;
 pub use format::{

@@ -9,6 +9,34 @@ use crate::config::Secret;
 
 const CS: usize = 1 << DEFAULT_CHUNK_SHIFT;
 
+/// Decodes with the streaming decoder and with [`decode_parallel`], which
+/// must agree exactly: the same plaintext, or the same error.
+fn decode_both(
+    name: &str,
+    stored: &[u8],
+    key: Option<Arc<Key>>,
+) -> Result<(Vec<u8>, ObjectSummary), CodecError> {
+    let sequential = decode_bytes(name, stored, key.clone());
+    let mut plain = Vec::new();
+    let parallel = decode_parallel(name, stored, key, 3, &mut |p| {
+        plain.extend_from_slice(p);
+        Ok(())
+    });
+    match (&sequential, &parallel) {
+        (Ok((a, sa)), Ok(sb)) => {
+            assert!(*a == plain, "{name}: parallel plaintext differs");
+            assert_eq!(sa, sb, "{name}: summaries differ");
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{name}: errors differ"),
+        (a, b) => panic!(
+            "{name}: sequential {:?} but parallel {:?}",
+            a.as_ref().err(),
+            b.as_ref().err()
+        ),
+    }
+    sequential
+}
+
 fn key(seed: u8) -> Arc<Key> {
     Arc::new(Key::from_bytes([seed; 32]))
 }
@@ -145,7 +173,7 @@ fn round_trips_every_mode_and_size() {
                 assert_eq!(sum.plain_len, size as u64);
                 assert_eq!(sum.stored_len, stored.len() as u64);
                 assert_eq!(sum.checksum, Checksum::of(&data));
-                let (plain, dsum) = decode_bytes(&name, &stored, key_of(&settings))
+                let (plain, dsum) = decode_both(&name, &stored, key_of(&settings))
                     .unwrap_or_else(|e| panic!("{label} {dlabel} {size}: {e}"));
                 assert!(plain == data, "{label} {dlabel} {size}: content differs");
                 assert_eq!(dsum, sum);
@@ -231,10 +259,22 @@ fn every_single_bit_flip_is_detected() {
     for (label, settings) in modes() {
         let stored = encode_small("flip/me", &data, &settings, 10);
         assert_eq!(frames(&stored, settings.key.is_some()).len(), 4);
+        // Headers and frame headers steer the parallel decoder's walk: every
+        // bit of them goes through both decoders; elsewhere every 11th.
+        let heads: Vec<usize> = frames(&stored, settings.key.is_some())
+            .iter()
+            .map(|r| r.start)
+            .collect();
+        let in_a_head =
+            |byte: usize| byte < HEADER_LEN || heads.iter().any(|&h| (h..h + 8).contains(&byte));
         for bit in 0..stored.len() * 8 {
             let mut bad = stored.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            let r = decode_bytes("flip/me", &bad, key_of(&settings));
+            let r = if in_a_head(bit / 8) || bit % 37 == 0 {
+                decode_both("flip/me", &bad, key_of(&settings))
+            } else {
+                decode_bytes("flip/me", &bad, key_of(&settings))
+            };
             assert!(r.is_err(), "{label}: flip of bit {bit} not detected");
         }
     }
@@ -252,7 +292,7 @@ fn every_truncation_is_reported_as_truncated() {
         assert!(boundaries.len() >= 3);
         // Every prefix: chunk boundaries, mid-chunk, mid-header, empty.
         for cut in 0..stored.len() {
-            let err = decode_bytes("cut", &stored[..cut], key_of(&settings)).unwrap_err();
+            let err = decode_both("cut", &stored[..cut], key_of(&settings)).unwrap_err();
             assert_eq!(kind(&err), "Truncated", "{label} cut at {cut}: {err}");
             let msg = err.to_string();
             assert!(msg.contains("cut"), "{msg}");
@@ -281,18 +321,18 @@ fn reordered_chunks_are_detected() {
         bad.extend_from_slice(&stored[f[1].clone()]);
         bad.extend_from_slice(&stored[f[2].end..]);
         assert_eq!(bad.len(), stored.len());
-        let err = decode_bytes("order", &bad, key_of(&settings)).unwrap_err();
+        let err = decode_both("order", &bad, key_of(&settings)).unwrap_err();
         let want = if enc { "Tampered" } else { "Corrupt" };
         assert_eq!(kind(&err), want, "{label}: {err}");
         assert!(err.to_string().contains("chunk 1"), "{err}");
         // Dropping a middle chunk is detected too.
         let mut dropped = stored[..f[1].start].to_vec();
         dropped.extend_from_slice(&stored[f[2].start..]);
-        assert!(decode_bytes("order", &dropped, key_of(&settings)).is_err());
+        assert!(decode_both("order", &dropped, key_of(&settings)).is_err());
         // So is the trailer moved up (chunk count mismatch).
         let mut early = stored[..f[3].start].to_vec();
         early.extend_from_slice(&stored[f.last().unwrap().clone()]);
-        assert!(decode_bytes("order", &early, key_of(&settings)).is_err());
+        assert!(decode_both("order", &early, key_of(&settings)).is_err());
     }
 }
 
@@ -302,7 +342,7 @@ fn swapped_objects_are_detected() {
         let a = encode_bytes("wal/000000010000000000000001", b"segment one", &settings)
             .unwrap()
             .0;
-        let err = decode_bytes("wal/000000010000000000000002", &a, key_of(&settings)).unwrap_err();
+        let err = decode_both("wal/000000010000000000000002", &a, key_of(&settings)).unwrap_err();
         assert_eq!(kind(&err), "NameMismatch", "{label}: {err}");
         assert!(err.to_string().contains("000000010000000000000002"));
     }
@@ -321,7 +361,7 @@ fn chunks_spliced_between_versions_of_one_object_are_detected() {
         let mut bad = a[..fa[1].start].to_vec();
         bad.extend_from_slice(&b[fb[1].clone()]);
         bad.extend_from_slice(&a[fa[1].end..]);
-        let err = decode_bytes("same", &bad, key_of(&settings)).unwrap_err();
+        let err = decode_both("same", &bad, key_of(&settings)).unwrap_err();
         let want = if enc { "Tampered" } else { "Corrupt" };
         assert_eq!(kind(&err), want, "{label}: {err}");
     }
@@ -336,23 +376,23 @@ fn key_errors_are_distinct() {
     };
     let (stored, _) = encode_bytes("k", &data, &enc).unwrap();
 
-    let err = decode_bytes("k", &stored, Some(key(2))).unwrap_err();
+    let err = decode_both("k", &stored, Some(key(2))).unwrap_err();
     assert_eq!(kind(&err), "WrongKey", "{err}");
     assert!(err.to_string().contains(&key(1).id().to_string()));
     assert!(err.to_string().contains(&key(2).id().to_string()));
 
-    let err = decode_bytes("k", &stored, None).unwrap_err();
+    let err = decode_both("k", &stored, None).unwrap_err();
     assert_eq!(kind(&err), "KeyRequired", "{err}");
 
     let (plain_obj, _) = encode_bytes("k", &data, &CodecSettings::default()).unwrap();
-    let err = decode_bytes("k", &plain_obj, Some(key(1))).unwrap_err();
+    let err = decode_both("k", &plain_obj, Some(key(1))).unwrap_err();
     assert_eq!(kind(&err), "NotEncrypted", "{err}");
 
     // Right key id but tampered ciphertext: Tampered, not WrongKey.
     let mut bad = stored.clone();
     let last = bad.len() - 20;
     bad[last] ^= 0x40;
-    let err = decode_bytes("k", &bad, Some(key(1))).unwrap_err();
+    let err = decode_both("k", &bad, Some(key(1))).unwrap_err();
     assert_eq!(kind(&err), "Tampered", "{err}");
 
     // The header is readable without a key.
@@ -370,18 +410,18 @@ fn key_errors_are_distinct() {
 fn trailing_garbage_and_bad_headers_are_rejected() {
     let (mut stored, _) = encode_bytes("t", b"hello", &CodecSettings::default()).unwrap();
     stored.push(0);
-    let err = decode_bytes("t", &stored, None).unwrap_err();
+    let err = decode_both("t", &stored, None).unwrap_err();
     assert_eq!(kind(&err), "Corrupt", "{err}");
     assert!(err.to_string().contains("after the trailer"));
 
     let (mut v2, _) = encode_bytes("t", b"hello", &CodecSettings::default()).unwrap();
     v2[8] = 2;
     assert_eq!(
-        kind(&decode_bytes("t", &v2, None).unwrap_err()),
+        kind(&decode_both("t", &v2, None).unwrap_err()),
         "UnsupportedVersion"
     );
     assert_eq!(
-        kind(&decode_bytes("t", b"PK\x03\x04 zip file", None).unwrap_err()),
+        kind(&decode_both("t", b"PK\x03\x04 zip file", None).unwrap_err()),
         "NotAnObject"
     );
 }
@@ -514,7 +554,7 @@ fn passphrase_kdf_is_deterministic() {
         key: Some(Arc::new(k1)),
     };
     let (stored, _) = encode_bytes("p", b"data", &s).unwrap();
-    decode_bytes("p", &stored, Some(Arc::new(k2))).unwrap();
+    decode_both("p", &stored, Some(Arc::new(k2))).unwrap();
 
     assert_eq!(
         kind(&Key::from_passphrase(&Secret::new(""), &small_kdf(1)).unwrap_err()),
@@ -702,7 +742,7 @@ fn test_vectors() -> Vec<(&'static str, String)> {
         let mut stored = enc.header();
         enc.push(plain, &mut stored);
         enc.finish(&mut stored).unwrap();
-        let (back, _) = decode_bytes("vector", &stored, settings.key.clone()).unwrap();
+        let (back, _) = decode_both("vector", &stored, settings.key.clone()).unwrap();
         assert_eq!(back, plain);
         out.push((label, hex::encode(&stored)));
     }

@@ -62,46 +62,7 @@ impl Repository {
         total_len: u64,
         origin: &str,
     ) -> Result<(), RepoError> {
-        let seg_size = self.seg_size()?;
-        let (tli, segno) = match name {
-            WalFileName::Segment { tli, segno } | WalFileName::Partial { tli, segno } => {
-                (*tli, *segno)
-            }
-            _ => return Ok(()),
-        };
-        let bad = |reason: String| RepoError::BadWalFile {
-            path: origin.to_string(),
-            reason,
-        };
-        if matches!(name, WalFileName::Segment { .. }) && total_len != u64::from(seg_size.bytes()) {
-            return Err(bad(format!(
-                "is {} bytes, but this stanza's WAL segments are {} bytes",
-                total_len,
-                seg_size.bytes()
-            )));
-        }
-        let start =
-            parse_segment_start(data).map_err(|e| bad(format!("not a WAL segment: {e}")))?;
-        let identity = super::ClusterIdentity {
-            system_id: start.system_id,
-            pg_version: start.pg_major.unwrap_or(0) * 10000,
-            wal_seg_size: start.seg_size,
-        };
-        super::check_identity(self.stanza(), &identity, origin)?;
-        let expected = Lsn::from_segment(segno, seg_size);
-        if start.pageaddr != expected {
-            return Err(bad(format!(
-                "its first page is for LSN {} but its name says {}",
-                start.pageaddr, expected
-            )));
-        }
-        if start.tli > tli {
-            return Err(bad(format!(
-                "its first page is on timeline {} but its name says {}",
-                start.tli, tli
-            )));
-        }
-        Ok(())
+        check_segment_start_for(self.stanza(), name, data, total_len, origin)
     }
 
     /// Stores one WAL file (already read into memory) under its name.
@@ -118,6 +79,16 @@ impl Repository {
         let mode = match name {
             WalFileName::Partial { .. } => PutMode::Overwrite,
             _ => PutMode::IfAbsent,
+        };
+        // The index scan (record CRCs, commit times) runs beside the encoding.
+        let scan = match name {
+            WalFileName::Segment { .. } => {
+                let data = data.clone();
+                Some(tokio::task::spawn_blocking(move || {
+                    summarize_segment(&data, seg_size).map_err(|e| e.to_string())
+                }))
+            }
+            _ => None,
         };
         let (put_outcome, summary) = self.put_encoded(&key, data.clone(), mode).await?;
         // The codec's checksum is BLAKE3 of the plaintext: the same identity
@@ -146,8 +117,11 @@ impl Repository {
                 PushOutcome::Duplicate
             }
         };
-        if let WalFileName::Segment { tli, segno } = name {
-            let summary = summarize_segment(&data, seg_size).map_err(|e| e.to_string());
+        if let (WalFileName::Segment { tli, segno }, Some(scan)) = (name, scan) {
+            let summary = scan
+                .await
+                .map_err(|e| format!("the index scan failed: {e}"))
+                .and_then(|s| s);
             if let Err(reason) = &summary {
                 tracing::warn!(file = %file, %reason, "WAL records not decodable; stored as is, not indexed");
             }
@@ -328,30 +302,74 @@ impl Repository {
         stored: &[u8],
         out: &mut dyn std::io::Write,
     ) -> Result<u64, RepoError> {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(4);
+        self.decode_wal_into_with(name, stored, out, threads)
+    }
+
+    /// [`decode_wal_into`](Self::decode_wal_into) on at most `threads` threads.
+    pub fn decode_wal_into_with(
+        &self,
+        name: &WalFileName,
+        stored: &[u8],
+        out: &mut dyn std::io::Write,
+        threads: usize,
+    ) -> Result<u64, RepoError> {
         let key = layout::wal_object(&self.stanza().name, name, self.seg_size()?);
         let total = codec::read_header(stored)?.plain_len;
-        let mut decoder = codec::ObjectDecoder::new(&key, self.codec().key.clone());
-        let mut buf = Vec::new();
+        // The first page is checked before anything is written.
+        let mut head = Vec::new();
         let mut checked = false;
-        let io_err = |source| RepoError::Output {
-            key: key.clone(),
-            source,
-        };
-        for piece in stored.chunks(1 << 20) {
-            decoder.feed(piece, &mut buf)?;
-            if !checked && (buf.len() as u64 >= total.min(8192) && !buf.is_empty()) {
-                self.check_segment_start(name, &buf, total, &key)?;
-                checked = true;
-            }
-            if checked {
-                out.write_all(&buf).map_err(io_err)?;
-                buf.clear();
-            }
+        let mut failure = None;
+        let decoded = codec::decode_parallel(
+            &key,
+            stored,
+            self.codec().key.clone(),
+            threads,
+            &mut |plain| {
+                let result = if checked {
+                    out.write_all(plain).map_err(|source| RepoError::Output {
+                        key: key.clone(),
+                        source,
+                    })
+                } else {
+                    head.extend_from_slice(plain);
+                    if head.len() as u64 >= total.min(8192) && !head.is_empty() {
+                        checked = true;
+                        self.check_segment_start(name, &head, total, &key)
+                            .and_then(|()| {
+                                out.write_all(&std::mem::take(&mut head)).map_err(|source| {
+                                    RepoError::Output {
+                                        key: key.clone(),
+                                        source,
+                                    }
+                                })
+                            })
+                    } else {
+                        Ok(())
+                    }
+                };
+                result.map_err(|e| {
+                    failure = Some(e);
+                    codec::CodecError::Invalid {
+                        name: key.clone(),
+                        reason: "output stopped".into(),
+                    }
+                })
+            },
+        );
+        if let Some(e) = failure {
+            return Err(e);
         }
-        let summary = decoder.finish()?;
+        let summary = decoded?;
         if !checked {
-            self.check_segment_start(name, &buf, summary.plain_len, &key)?;
-            out.write_all(&buf).map_err(io_err)?;
+            self.check_segment_start(name, &head, summary.plain_len, &key)?;
+            out.write_all(&head).map_err(|source| RepoError::Output {
+                key: key.clone(),
+                source,
+            })?;
         }
         Ok(summary.plain_len)
     }
@@ -365,6 +383,57 @@ impl Repository {
         self.check_segment(name, &data, &key)?;
         Ok(Some(data))
     }
+}
+
+/// [`Repository::check_segment_start`] against a stanza held apart from its
+/// repository (the prefetch spool keeps a copy of it).
+pub fn check_segment_start_for(
+    stanza: &super::stanza::Stanza,
+    name: &WalFileName,
+    data: &[u8],
+    total_len: u64,
+    origin: &str,
+) -> Result<(), RepoError> {
+    let seg_size = WalSegSize::new(stanza.wal_seg_size).map_err(|e| RepoError::StanzaCorrupt {
+        key: layout::stanza_file(&stanza.name),
+        reason: e.to_string(),
+    })?;
+    let (tli, segno) = match name {
+        WalFileName::Segment { tli, segno } | WalFileName::Partial { tli, segno } => (*tli, *segno),
+        _ => return Ok(()),
+    };
+    let bad = |reason: String| RepoError::BadWalFile {
+        path: origin.to_string(),
+        reason,
+    };
+    if matches!(name, WalFileName::Segment { .. }) && total_len != u64::from(seg_size.bytes()) {
+        return Err(bad(format!(
+            "is {} bytes, but this stanza's WAL segments are {} bytes",
+            total_len,
+            seg_size.bytes()
+        )));
+    }
+    let start = parse_segment_start(data).map_err(|e| bad(format!("not a WAL segment: {e}")))?;
+    let identity = super::ClusterIdentity {
+        system_id: start.system_id,
+        pg_version: start.pg_major.unwrap_or(0) * 10000,
+        wal_seg_size: start.seg_size,
+    };
+    super::check_identity(stanza, &identity, origin)?;
+    let expected = Lsn::from_segment(segno, seg_size);
+    if start.pageaddr != expected {
+        return Err(bad(format!(
+            "its first page is for LSN {} but its name says {}",
+            start.pageaddr, expected
+        )));
+    }
+    if start.tli > tli {
+        return Err(bad(format!(
+            "its first page is on timeline {} but its name says {}",
+            start.tli, tli
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

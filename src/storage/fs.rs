@@ -120,7 +120,7 @@ impl FsStorage {
     pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
         let path = self.path_of(key);
         blocking(move || {
-            let mut file = match std::fs::File::open(&path) {
+            let file = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(e) if is_missing(&e) => return Ok(None),
                 Err(e) => return Err(StorageError::from_io("open", path, e)),
@@ -132,10 +132,9 @@ impl FsStorage {
                 // A directory is a key prefix, not an object.
                 return Ok(None);
             }
-            let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-            std::io::Read::read_to_end(&mut file, &mut data)
-                .map_err(|e| StorageError::from_io("read", path, e))?;
-            Ok(Some(Bytes::from(data)))
+            super::mapped::read_whole(file, meta.len(), &path)
+                .map(Some)
+                .map_err(|e| StorageError::from_io("read", path, e))
         })
         .await
     }

@@ -10,6 +10,7 @@
 
 mod error;
 mod fs;
+pub mod mapped;
 mod s3;
 
 use std::path::PathBuf;
