@@ -343,9 +343,18 @@ fn backup_matches_the_server_manifest_and_deduplicates() {
 
     // A damaged chunk is found and named.
     let victim = m1.files.iter().find(|f| f.size >= 1 << 20).unwrap().chunks[0].clone();
-    let path = repo_dir.join(walship::repo::chunks::chunk_key("main", &victim.id));
+    // New chunks live in bundles; flip a byte in the middle of this one's bytes.
+    let walship::repo::backup::ChunkLocation::Bundle {
+        bundle,
+        offset,
+        stored_len,
+    } = &victim.at
+    else {
+        panic!("new chunks are bundled: {victim:?}");
+    };
+    let path = repo_dir.join(walship::repo::chunks::bundle_key("main", bundle));
     let mut bytes = fs::read(&path).unwrap();
-    let mid = bytes.len() / 2;
+    let mid = (offset + stored_len / 2) as usize;
     bytes[mid] ^= 0x40;
     fs::write(&path, bytes).unwrap();
     let o = walship(&["verify", "--json"], &env);
@@ -412,7 +421,7 @@ fn backup_round_trip_through_s3() {
     let bundled = m
         .chunks()
         .find(|c| matches!(c.at, walship::repo::backup::ChunkLocation::Bundle { .. }))
-        .expect("small files are bundled");
+        .expect("new chunks are bundled");
     assert_eq!(
         rt.block_on(repo.read_chunk(bundled)).unwrap().len(),
         bundled.len as usize

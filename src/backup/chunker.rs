@@ -44,6 +44,11 @@ impl FileChunker {
                 out.push(data.split_to(self.chunk_size));
                 continue;
             }
+            if self.buf.is_empty() && self.buf.capacity() < self.chunk_size {
+                // One allocation of the final size: growing by doubling from
+                // the first piece would copy and page-fault each chunk twice.
+                self.buf = BytesMut::with_capacity(self.chunk_size);
+            }
             let take = (self.chunk_size - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data.split_to(take));
             if self.buf.len() == self.chunk_size {

@@ -4,16 +4,17 @@
 //!
 //! ```text
 //! BASE_BACKUP stream --(one task, sequential)--> chunker: files cut at 256 KiB
-//!     --> up to N chunk tasks: hash (keyed BLAKE3) -> known? reference it
-//!                                         : encode (lz4, AES-256-GCM) -> upload
-//!                                           (small chunks -> the bundler -> bundles)
+//!     --> up to N chunk tasks (one blocking task each): hash (keyed BLAKE3)
+//!             -> known? reference it
+//!             : encode (lz4, AES-256-GCM) -> append to the open bundle
+//!     --> full bundles (~4 MiB) -> the uploader (2 at a time)
 //! end of stream: check every file against the server's backup_manifest,
 //! wait for the WAL start..stop in the repository, then publish the manifest.
 //! ```
 //!
 //! - [`source`]: the events of a base backup, and where they come from.
 //! - [`chunker`]: cutting files into page-aligned chunks, CRC-32C on the way.
-//! - [`store`]: the parallel, deduplicating chunk writer and the bundler.
+//! - [`store`]: the parallel, deduplicating chunk writer and the bundle uploader.
 //! - [`pipeline`]: the event loop that builds the backup's manifest.
 //! - [`wal_wait`]: waiting for the WAL a backup needs.
 //! - [`progress`]: the progress bar (terminal) or periodic log lines.

@@ -1,32 +1,43 @@
 //! The chunk writer: hashes, deduplicates, encodes and stores chunks with a
-//! bounded number of tasks in flight, and packs small chunks into bundles.
+//! bounded number of tasks in flight, and packs every new chunk into a bundle.
+//!
+//! Why bundles for every chunk, not one object per chunk: a compressed
+//! 256 KiB chunk is typically 20-40 KB, and an object per chunk costs a file
+//! creation, an fsync and a directory fsync (fs) or a PUT (S3) each; those
+//! per-object costs, not the data, dominated a backup. A ~4 MiB bundle costs
+//! them once per ~150 chunks, and a chunk is still read back with one ranged
+//! read. Chunk objects (`chunks/`) written by earlier versions stay readable
+//! and are still found by deduplication.
+//!
+//! A chunk is one blocking task from start to end (hash, look up, encode,
+//! append to the open bundle): on 2 cores shared with PostgreSQL's walsender,
+//! every extra thread hand-off per chunk (wake-ups, context switches) costs
+//! CPU the walsender needs.
 //!
 //! Memory bound: at most `in_flight` chunk tasks exist, each holding one
 //! chunk's plaintext and its encoded form (2 x 256 KiB at most), plus the
-//! bundler's open bundle and at most [`BUNDLE_UPLOADS`] bundles being
-//! uploaded (4 MiB each), plus [`BUNDLE_QUEUE`] small encoded chunks queued
-//! for the bundler. The set of known chunk ids grows with the repository
-//! (about 150 bytes per chunk), not with the stream.
+//! open bundle, one full bundle waiting for the uploader and at most
+//! [`BUNDLE_UPLOADS`] bundles being uploaded (about 4 MiB each). The set of
+//! known chunk ids grows with the repository (about 150 bytes per chunk), not
+//! with the stream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::BackupError;
 use crate::repo::backup::{ChunkLocation, ChunkRef};
 use crate::repo::chunks::{
-    BundleEntry, BundleIndex, ChunkHasher, ChunkSet, KnownChunk, BUNDLE_CHUNK_MAX,
-    BUNDLE_INDEX_FORMAT, BUNDLE_TARGET,
+    BundleEntry, BundleIndex, ChunkHasher, ChunkSet, KnownChunk, BUNDLE_INDEX_FORMAT, BUNDLE_TARGET,
 };
 use crate::repo::Repository;
 
 /// Bundles uploading at the same time.
 pub const BUNDLE_UPLOADS: usize = 2;
-/// Small chunks queued for the bundler.
-pub const BUNDLE_QUEUE: usize = 32;
 
 /// One chunk, stored or found.
 #[derive(Debug, Clone)]
@@ -46,7 +57,7 @@ pub struct ChunkDone {
 
 enum Slot {
     Known(KnownChunk),
-    /// Being stored by another task; the value appears when it is.
+    /// Being encoded by another task; the value appears when it is placed.
     Pending(watch::Receiver<Option<KnownChunk>>),
 }
 
@@ -54,14 +65,13 @@ struct Ctx {
     repo: Arc<Repository>,
     hasher: ChunkHasher,
     known: Mutex<HashMap<String, Slot>>,
-    bundle_tx: mpsc::Sender<BundleReq>,
-}
-
-struct BundleReq {
-    id: String,
-    len: u32,
-    encoded: Vec<u8>,
-    reply: oneshot::Sender<ChunkLocation>,
+    /// The bundle being filled; `None` until the first new chunk.
+    open: Mutex<Option<OpenBundle>>,
+    /// Full bundles to the uploader (capacity 1: a chunk task that fills a
+    /// bundle waits while the uploader is behind, which bounds memory).
+    full_tx: mpsc::Sender<OpenBundle>,
+    /// To block on a duplicate's pending store from a blocking thread.
+    runtime: tokio::runtime::Handle,
 }
 
 /// The deduplicating, parallel chunk writer.
@@ -69,14 +79,18 @@ pub struct ChunkWriter {
     ctx: Arc<Ctx>,
     tasks: JoinSet<Result<ChunkDone, BackupError>>,
     in_flight: usize,
-    bundler: tokio::task::JoinHandle<Result<usize, BackupError>>,
+    uploader: tokio::task::JoinHandle<Result<usize, BackupError>>,
+    /// When the writer was made, and how long `submit` waited for a free
+    /// task slot since: tells a slow server from a slow pipeline (debug log).
+    started: Instant,
+    waited: Duration,
 }
 
 impl ChunkWriter {
     /// A writer for `repo` that knows the chunks in `known`.
     pub fn new(repo: Arc<Repository>, known: ChunkSet, in_flight: usize) -> ChunkWriter {
-        let (bundle_tx, bundle_rx) = mpsc::channel(BUNDLE_QUEUE);
-        let bundler = tokio::spawn(run_bundler(Arc::clone(&repo), bundle_rx));
+        let (full_tx, full_rx) = mpsc::channel(1);
+        let uploader = tokio::spawn(run_uploader(Arc::clone(&repo), full_rx));
         let map = known
             .chunks
             .into_iter()
@@ -87,11 +101,15 @@ impl ChunkWriter {
                 hasher: ChunkHasher::new(repo.codec()),
                 repo,
                 known: Mutex::new(map),
-                bundle_tx,
+                open: Mutex::new(None),
+                full_tx,
+                runtime: tokio::runtime::Handle::current(),
             }),
             tasks: JoinSet::new(),
             in_flight: in_flight.max(1),
-            bundler,
+            uploader,
+            started: Instant::now(),
+            waited: Duration::ZERO,
         }
     }
 
@@ -105,77 +123,141 @@ impl ChunkWriter {
     ) -> Result<Vec<ChunkDone>, BackupError> {
         let mut done = Vec::new();
         while let Some(joined) = self.tasks.try_join_next() {
-            done.push(flatten(joined)?);
+            done.push(self.flatten(joined).await?);
         }
-        while self.tasks.len() >= self.in_flight {
-            match self.tasks.join_next().await {
-                Some(joined) => done.push(flatten(joined)?),
-                None => break,
+        if self.tasks.len() >= self.in_flight {
+            let t = Instant::now();
+            while self.tasks.len() >= self.in_flight {
+                match self.tasks.join_next().await {
+                    Some(joined) => done.push(self.flatten(joined).await?),
+                    None => break,
+                }
             }
+            self.waited += t.elapsed();
         }
         let ctx = Arc::clone(&self.ctx);
         self.tasks
-            .spawn(async move { process(ctx, file, index, data).await });
+            .spawn_blocking(move || process(&ctx, file, index, &data));
         Ok(done)
     }
 
-    /// Waits for every chunk and closes the last bundle; returns the chunks
+    /// Waits for every chunk and stores the last bundle; returns the chunks
     /// finished since the last `submit` and the number of bundles written.
     pub async fn finish(mut self) -> Result<(Vec<ChunkDone>, usize), BackupError> {
         let mut done = Vec::new();
         while let Some(joined) = self.tasks.join_next().await {
-            done.push(flatten(joined)?);
+            done.push(self.flatten(joined).await?);
         }
-        // Dropping the last sender tells the bundler to flush and stop.
+        tracing::debug!(
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            waited_for_tasks_ms = self.waited.as_millis() as u64,
+            "chunk writer: time the stream waited for chunk tasks"
+        );
+        let last = self
+            .ctx
+            .open
+            .lock()
+            .map_err(|_| BackupError::Internal("open bundle lock poisoned".into()))?
+            .take();
+        if let Some(b) = last {
+            if self.ctx.full_tx.send(b).await.is_err() {
+                return Err(self.uploader_error().await);
+            }
+        }
+        // Dropping the last sender tells the uploader to finish and stop.
         drop(self.ctx);
         let bundles = self
-            .bundler
+            .uploader
             .await
-            .map_err(|e| BackupError::Internal(format!("bundler task failed: {e}")))??;
+            .map_err(|e| BackupError::Internal(format!("bundle uploader failed: {e}")))??;
         Ok((done, bundles))
+    }
+
+    /// A chunk task's result; when the uploader is gone, its error (the cause).
+    async fn flatten(
+        &mut self,
+        joined: Result<Result<ChunkDone, BackupError>, tokio::task::JoinError>,
+    ) -> Result<ChunkDone, BackupError> {
+        match joined {
+            Ok(Err(BackupError::Internal(m))) if m == UPLOADER_GONE => {
+                Err(self.uploader_error().await)
+            }
+            Ok(r) => r,
+            Err(e) => Err(BackupError::Internal(format!("chunk task failed: {e}"))),
+        }
+    }
+
+    /// Why the uploader stopped early.
+    async fn uploader_error(&mut self) -> BackupError {
+        match (&mut self.uploader).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => BackupError::Internal(UPLOADER_GONE.into()),
+            Err(e) => BackupError::Internal(format!("bundle uploader failed: {e}")),
+        }
     }
 }
 
-fn flatten(
-    joined: Result<Result<ChunkDone, BackupError>, tokio::task::JoinError>,
-) -> Result<ChunkDone, BackupError> {
-    joined.map_err(|e| BackupError::Internal(format!("chunk task failed: {e}")))?
-}
+const UPLOADER_GONE: &str = "the bundle uploader stopped early";
 
-enum Decision {
+/// Where a chunk's hash led.
+enum Lookup {
+    /// Already stored (in the repository, or placed by another task).
     Found(KnownChunk),
+    /// Another task of this backup is placing the same content.
     Wait(watch::Receiver<Option<KnownChunk>>),
+    /// New: this task places it and tells waiters through this sender.
     Mine(watch::Sender<Option<KnownChunk>>),
 }
 
-async fn process(
-    ctx: Arc<Ctx>,
-    file: usize,
-    index: usize,
-    data: Bytes,
-) -> Result<ChunkDone, BackupError> {
+/// One chunk, start to end, on a blocking thread: hash, look up, and when
+/// new, encode and append to the open bundle.
+fn process(ctx: &Ctx, file: usize, index: usize, data: &[u8]) -> Result<ChunkDone, BackupError> {
     let len = u32::try_from(data.len())
         .map_err(|_| BackupError::Internal(format!("chunk of {} bytes", data.len())))?;
-    let hasher = ctx.hasher.clone();
-    let (id, data) = tokio::task::spawn_blocking(move || (hasher.id(&data), data))
-        .await
-        .map_err(|e| BackupError::Internal(format!("hashing task failed: {e}")))?;
-    let decision = {
+    let id = ctx.hasher.id(data);
+    let lookup = {
         let mut map = ctx
             .known
             .lock()
             .map_err(|_| BackupError::Internal("chunk set lock poisoned".into()))?;
         match map.get(&id) {
-            Some(Slot::Known(k)) => Decision::Found(k.clone()),
-            Some(Slot::Pending(rx)) => Decision::Wait(rx.clone()),
+            Some(Slot::Known(k)) => Lookup::Found(k.clone()),
+            Some(Slot::Pending(rx)) => Lookup::Wait(rx.clone()),
             None => {
                 let (tx, rx) = watch::channel(None);
                 map.insert(id.clone(), Slot::Pending(rx));
-                Decision::Mine(tx)
+                Lookup::Mine(tx)
             }
         }
     };
-    let done = |known: KnownChunk, new: bool, id: String| ChunkDone {
+    let (known, new) = match lookup {
+        Lookup::Found(k) => (k, false),
+        Lookup::Wait(mut rx) => {
+            // Rare (the same content twice at once) and short (one encode).
+            let k = ctx
+                .runtime
+                .block_on(rx.wait_for(|v| v.is_some()))
+                .ok()
+                .and_then(|v| v.clone())
+                .ok_or_else(|| {
+                    BackupError::Internal(format!(
+                        "chunk {id}: the task storing the same content failed"
+                    ))
+                })?;
+            (k, false)
+        }
+        Lookup::Mine(tx) => {
+            // An error from here on drops `tx`: tasks waiting for this id fail too.
+            let encoded = ctx.repo.encode_chunk(&id, data)?;
+            let k = place(ctx, &id, len, &encoded)?;
+            if let Ok(mut map) = ctx.known.lock() {
+                map.insert(id.clone(), Slot::Known(k.clone()));
+            }
+            let _ = tx.send(Some(k.clone()));
+            (k, true)
+        }
+    };
+    Ok(ChunkDone {
         file,
         index,
         stored_len: known.stored_len,
@@ -185,54 +267,53 @@ async fn process(
             at: known.at,
         },
         new,
+    })
+}
+
+/// Appends an encoded chunk to the open bundle (every new chunk goes into a
+/// bundle, whatever its size: one object and one fsync per ~4 MiB instead of
+/// per chunk) and hands the bundle to the uploader once it is full. The
+/// location is final at once; the backup's manifest is written only after
+/// the uploader has stored every bundle.
+fn place(ctx: &Ctx, id: &str, len: u32, encoded: &[u8]) -> Result<KnownChunk, BackupError> {
+    let stored_len = encoded.len() as u64;
+    let (at, full) = {
+        let mut open = ctx
+            .open
+            .lock()
+            .map_err(|_| BackupError::Internal("open bundle lock poisoned".into()))?;
+        let b = open.get_or_insert_with(|| OpenBundle {
+            id: new_bundle_id(),
+            data: BytesMut::with_capacity(BUNDLE_TARGET + (256 << 10)),
+            entries: Vec::new(),
+        });
+        let offset = b.data.len() as u64;
+        b.data.extend_from_slice(encoded);
+        b.entries.push(BundleEntry {
+            id: id.to_string(),
+            len,
+            offset,
+            stored_len,
+        });
+        let at = ChunkLocation::Bundle {
+            bundle: b.id.clone(),
+            offset,
+            stored_len,
+        };
+        let full = if b.data.len() >= BUNDLE_TARGET {
+            open.take()
+        } else {
+            None
+        };
+        (at, full)
     };
-    match decision {
-        Decision::Found(k) => Ok(done(k, false, id)),
-        Decision::Wait(mut rx) => {
-            let k = rx
-                .wait_for(|v| v.is_some())
-                .await
-                .ok()
-                .and_then(|v| v.clone())
-                .ok_or_else(|| {
-                    BackupError::Internal(format!(
-                        "chunk {id}: the task storing the same content failed"
-                    ))
-                })?;
-            Ok(done(k, false, id))
-        }
-        Decision::Mine(tx) => {
-            let repo = Arc::clone(&ctx.repo);
-            let id2 = id.clone();
-            let encoded = tokio::task::spawn_blocking(move || repo.encode_chunk(&id2, &data))
-                .await
-                .map_err(|e| BackupError::Internal(format!("encoding task failed: {e}")))??;
-            let stored_len = encoded.len() as u64;
-            let at = if (len as usize) < BUNDLE_CHUNK_MAX {
-                let (reply, answer) = oneshot::channel();
-                let req = BundleReq {
-                    id: id.clone(),
-                    len,
-                    encoded,
-                    reply,
-                };
-                let lost = || BackupError::Internal("the bundler stopped early".into());
-                ctx.bundle_tx.send(req).await.map_err(|_| lost())?;
-                answer.await.map_err(|_| lost())?
-            } else {
-                ctx.repo
-                    .store_chunk_object(&id, Bytes::from(encoded))
-                    .await?;
-                ChunkLocation::Object
-            };
-            let k = KnownChunk { at, stored_len };
-            if let Ok(mut map) = ctx.known.lock() {
-                map.insert(id.clone(), Slot::Known(k.clone()));
-            }
-            let _ = tx.send(Some(k.clone()));
-            Ok(done(k, true, id))
-        }
+    if let Some(b) = full {
+        // Outside the lock: other tasks keep filling the next bundle.
+        ctx.full_tx
+            .blocking_send(b)
+            .map_err(|_| BackupError::Internal(UPLOADER_GONE.into()))?;
     }
+    Ok(KnownChunk { at, stored_len })
 }
 
 struct OpenBundle {
@@ -245,52 +326,24 @@ fn new_bundle_id() -> String {
     format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
-/// Packs small encoded chunks into bundles. A chunk's location is assigned
-/// (and answered) at once; the bundle is uploaded when full or at the end,
-/// and the backup's manifest is written only after this task returns `Ok`.
-async fn run_bundler(
+/// Stores full bundles, at most [`BUNDLE_UPLOADS`] at a time, until every
+/// sender is gone; returns how many it stored. Stops at the first failure
+/// (the chunk tasks then fail to hand over bundles and report this error).
+async fn run_uploader(
     repo: Arc<Repository>,
-    mut rx: mpsc::Receiver<BundleReq>,
+    mut rx: mpsc::Receiver<OpenBundle>,
 ) -> Result<usize, BackupError> {
-    let mut open: Option<OpenBundle> = None;
     let mut uploads: JoinSet<Result<(), BackupError>> = JoinSet::new();
     let mut written = 0usize;
     let join = |r: Result<Result<(), BackupError>, tokio::task::JoinError>| {
         r.map_err(|e| BackupError::Internal(format!("bundle upload task failed: {e}")))?
     };
-    while let Some(req) = rx.recv().await {
-        let b = open.get_or_insert_with(|| OpenBundle {
-            id: new_bundle_id(),
-            data: BytesMut::with_capacity(BUNDLE_TARGET + (256 << 10)),
-            entries: Vec::new(),
-        });
-        let offset = b.data.len() as u64;
-        let stored_len = req.encoded.len() as u64;
-        b.data.extend_from_slice(&req.encoded);
-        b.entries.push(BundleEntry {
-            id: req.id,
-            len: req.len,
-            offset,
-            stored_len,
-        });
-        let _ = req.reply.send(ChunkLocation::Bundle {
-            bundle: b.id.clone(),
-            offset,
-            stored_len,
-        });
-        if b.data.len() >= BUNDLE_TARGET {
-            while uploads.len() >= BUNDLE_UPLOADS {
-                if let Some(r) = uploads.join_next().await {
-                    join(r)?;
-                }
-            }
-            if let Some(b) = open.take() {
-                written += 1;
-                uploads.spawn(upload(Arc::clone(&repo), b));
+    while let Some(b) = rx.recv().await {
+        while uploads.len() >= BUNDLE_UPLOADS {
+            if let Some(r) = uploads.join_next().await {
+                join(r)?;
             }
         }
-    }
-    if let Some(b) = open.take() {
         written += 1;
         uploads.spawn(upload(Arc::clone(&repo), b));
     }

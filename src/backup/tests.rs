@@ -215,11 +215,10 @@ async fn round_trip(key: Option<&str>) {
     }
     let big = m.files.iter().find(|f| f.path == "base/1/1259").unwrap();
     assert_eq!(big.chunks.len(), 3);
-    assert_eq!(big.chunks[0].at, ChunkLocation::Object);
-    assert!(
-        matches!(big.chunks[2].at, ChunkLocation::Bundle { .. }),
-        "the 24 KiB tail is bundled"
-    );
+    // Every new chunk is bundled, whole ones and the 24 KiB tail alike.
+    for c in &big.chunks {
+        assert!(matches!(c.at, ChunkLocation::Bundle { .. }), "{c:?}");
+    }
     assert_eq!(
         m.original_bytes,
         s.files.iter().map(|(_, d)| d.len() as u64).sum::<u64>()
@@ -321,16 +320,52 @@ async fn a_tampered_chunk_is_detected() {
         .find(|f| f.path == "base/1/1259")
         .unwrap();
     let c = &big.chunks[0];
+    let ChunkLocation::Bundle {
+        bundle,
+        offset,
+        stored_len,
+    } = &c.at
+    else {
+        panic!("new chunks are bundled: {c:?}");
+    };
     let path = dir
         .path()
         .join("repo")
-        .join(crate::repo::chunks::chunk_key("main", &c.id));
+        .join(crate::repo::chunks::bundle_key("main", bundle));
     let mut bytes = std::fs::read(&path).unwrap();
-    let n = bytes.len();
-    bytes[n / 2] ^= 1;
+    bytes[(offset + stored_len / 2) as usize] ^= 1;
     std::fs::write(&path, bytes).unwrap();
     let e = repo.read_chunk(c).await.unwrap_err();
     assert!(e.to_string().contains(&c.id), "error names the chunk: {e}");
+}
+
+/// Chunk objects of the earlier layout (one object per chunk) are still
+/// found and referenced, not stored again.
+#[tokio::test]
+async fn chunk_objects_of_earlier_backups_are_deduplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path(), Some(&"ab".repeat(32))).await;
+    let s = synthetic(7, None);
+    let (_, content) = s.files.iter().find(|(p, _)| p == "base/1/1259").unwrap();
+    let first = &content[..CHUNK_SIZE];
+    let id = crate::repo::chunks::ChunkHasher::new(repo.codec()).id(first);
+    let encoded = repo.encode_chunk(&id, first).unwrap();
+    repo.store_chunk_object(&id, Bytes::from(encoded))
+        .await
+        .unwrap();
+    let got = ingest(&mut VecSource::new(s.events), &repo, &request(&repo), 4)
+        .await
+        .unwrap();
+    let big = got
+        .manifest
+        .files
+        .iter()
+        .find(|f| f.path == "base/1/1259")
+        .unwrap();
+    assert_eq!(big.chunks[0].id, id);
+    assert_eq!(big.chunks[0].at, ChunkLocation::Object);
+    assert!(matches!(big.chunks[1].at, ChunkLocation::Bundle { .. }));
+    assert_eq!(repo.read_chunk(&big.chunks[0]).await.unwrap(), first);
 }
 
 #[tokio::test]
@@ -352,4 +387,68 @@ async fn a_server_waiting_for_its_archiver_is_bounded_by_the_wal_timeout() {
     let text = e.to_string();
     assert!(text.contains("000000010000000000000002"), "{text}");
     assert!(text.contains("still waiting for its archiver"), "{text}");
+}
+
+/// The same content in many chunks at once: stored once, every copy points
+/// at the same place (tasks that find it pending wait for its location).
+async fn duplicates_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path(), None).await;
+    let chunk = Bytes::from(data(CHUNK_SIZE, 9));
+    let mut writer = store::ChunkWriter::new(
+        Arc::clone(&repo),
+        crate::repo::chunks::ChunkSet::default(),
+        8,
+    );
+    let mut done = Vec::new();
+    for i in 0..32 {
+        done.extend(writer.submit(0, i, chunk.clone()).await.unwrap());
+    }
+    let (rest, bundles) = writer.finish().await.unwrap();
+    done.extend(rest);
+    assert_eq!(done.len(), 32);
+    assert_eq!(bundles, 1);
+    assert_eq!(done.iter().filter(|d| d.new).count(), 1);
+    assert!(done.iter().all(|d| d.chunk.at == done[0].chunk.at));
+    assert_eq!(repo.read_chunk(&done[0].chunk).await.unwrap(), chunk);
+}
+
+#[tokio::test]
+async fn duplicates_in_flight_current_thread() {
+    duplicates_in_flight().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_in_flight_multi_thread() {
+    duplicates_in_flight().await;
+}
+
+/// A bundle that cannot be stored fails the writer with the storage error
+/// (naming the object), whether it fills up mid-stream or is the last one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_bundle_upload_names_the_cause() {
+    for chunks in [2u32, 64] {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path(), None).await;
+        std::fs::write(dir.path().join("repo/main/bundles"), b"not a directory").unwrap();
+        let mut writer = store::ChunkWriter::new(
+            Arc::clone(&repo),
+            crate::repo::chunks::ChunkSet::default(),
+            8,
+        );
+        let mut failed = None;
+        for i in 0..chunks {
+            let chunk = Bytes::from(data(CHUNK_SIZE, 100 + i));
+            if let Err(e) = writer.submit(0, i as usize, chunk).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = match failed {
+            Some(e) => e,
+            None => writer.finish().await.unwrap_err(),
+        };
+        let text = e.to_string();
+        assert!(text.contains("main/bundles"), "{chunks} chunks: {text}");
+    }
 }
