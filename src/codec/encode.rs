@@ -62,6 +62,11 @@ impl Sealer {
     }
 }
 
+thread_local! {
+    /// The lz4 output buffer of the last [`ObjectEncoder`] dropped on this thread.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// Encodes one object, chunk by chunk, with bounded memory.
 ///
 /// Write [`header`](Self::header) first, then everything [`push`](Self::push)
@@ -172,13 +177,6 @@ impl ObjectEncoder {
             (cipher, prefix)
         });
         let chunk_size = 1usize << chunk_shift;
-        // Sized for the largest chunk this object has: a 256 KiB backup chunk
-        // must not pay for zeroing a 1 MiB buffer.
-        let largest = usize::try_from(plain_len).map_or(chunk_size, |n| n.min(chunk_size));
-        let scratch_len = match settings.compression {
-            Compression::Lz4 => lz4_flex::block::get_maximum_output_size(largest),
-            Compression::None => 0,
-        };
         ObjectEncoder {
             name: name.into(),
             plain_len,
@@ -189,7 +187,9 @@ impl ObjectEncoder {
                 cipher,
             },
             buf: Vec::new(),
-            scratch: vec![0u8; scratch_len],
+            // Reused from the last encoder of this thread: a backup encodes one
+            // object per chunk, and zeroing a fresh buffer for each was 4% of it.
+            scratch: SCRATCH.with(|c| c.take()),
             index: 0,
             pushed: 0,
             stored: HEADER_LEN as u64,
@@ -242,6 +242,10 @@ impl ObjectEncoder {
         let mut flags = 0u8;
         let mut payload = chunk;
         if self.compression == Compression::Lz4 {
+            let bound = lz4_flex::block::get_maximum_output_size(chunk.len());
+            if self.scratch.len() < bound {
+                self.scratch.resize(bound, 0);
+            }
             if let Ok(n) = lz4_flex::block::compress_into(chunk, &mut self.scratch) {
                 // Keep the compressed form only when it is smaller.
                 if n < chunk.len() {
@@ -268,7 +272,7 @@ impl ObjectEncoder {
         }
         if self.pushed != self.plain_len {
             return Err(CodecError::LengthMismatch {
-                name: self.name,
+                name: std::mem::take(&mut self.name),
                 expected: self.plain_len,
                 actual: self.pushed,
             });
@@ -291,6 +295,24 @@ impl ObjectEncoder {
             stored_len: self.stored,
             checksum,
         })
+    }
+}
+
+impl Drop for ObjectEncoder {
+    fn drop(&mut self) {
+        let scratch = std::mem::take(&mut self.scratch);
+        // Keep at most a default chunk's worth, whichever of the two is larger.
+        if scratch.capacity() <= lz4_flex::block::get_maximum_output_size(1 << DEFAULT_CHUNK_SHIFT)
+        {
+            SCRATCH.with(|c| {
+                let kept = c.take();
+                c.set(if scratch.capacity() > kept.capacity() {
+                    scratch
+                } else {
+                    kept
+                });
+            });
+        }
     }
 }
 
