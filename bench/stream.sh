@@ -26,6 +26,7 @@
 #   BENCH_CATCHUP    seconds a receiver may take to catch up after the load (default 60)
 #   BENCH_PARTIAL_WAIT  seconds more for its flush to reach the very end (default 15)
 #   BENCH_KEEP       1 = keep the throwaway cluster directory and the received WAL
+#   BENCH_WALSHIP_LOG  walship's log level (default warn; debug logs each segment's store time)
 #   WALSHIP_BIN, WALRUS_BIN, S3S_FS_BIN, PGBIN, BENCH_USER (unprivileged user running PostgreSQL)
 set -euo pipefail
 
@@ -258,7 +259,7 @@ start_receiver() {
       mkdir -p "$WORK/$name-spool"
       (
         export WALSHIP_REPO=$repo WALSHIP_KEY_FILE=$WORK/walship.key WALSHIP_STANZA=bench \
-          WALSHIP_PG="host=$SOCK port=$PORT user=postgres dbname=postgres" WALSHIP_LOG=warn
+          WALSHIP_PG="host=$SOCK port=$PORT user=postgres dbname=postgres" WALSHIP_LOG=${BENCH_WALSHIP_LOG:-warn}
         if [ "$name" = walship-s3 ]; then
           export WALSHIP_S3_ENDPOINT=http://127.0.0.1:$S3_PORT WALSHIP_S3_REGION=us-east-1 \
             WALSHIP_S3_PATH_STYLE=true AWS_ACCESS_KEY_ID=$S3_ACCESS AWS_SECRET_ACCESS_KEY=$S3_SECRET

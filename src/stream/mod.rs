@@ -2,10 +2,11 @@
 //! protocol into the repository.
 //!
 //! The path of the WAL: PostgreSQL (START_REPLICATION on a physical slot) ->
-//! [`spool`] (the segment in progress, on local disk) -> [`upload`] (full
-//! segments via `Repository::push_wal`, the same objects archive-push writes,
-//! and the segment in progress as a `.partial` at most every
-//! `--partial-interval`) -> the repository.
+//! [`spool`] (the segment in progress, on local disk, written in 256 KiB
+//! pieces) -> [`upload`] (full segments, the same objects archive-push
+//! writes, encoded by [`follow`] while the segment arrives, and the segment
+//! in progress as a `.partial` at most every `--partial-interval`) -> the
+//! repository.
 //!
 //! What is acknowledged: the flush position sent to PostgreSQL (which the
 //! slot's restart_lsn follows) is the end of the contiguous WAL stored in the
@@ -27,6 +28,7 @@
 
 pub mod backoff;
 pub mod error;
+pub mod follow;
 pub mod slot;
 pub mod spool;
 pub mod status;
@@ -50,6 +52,7 @@ use crate::pg::wal::Lsn;
 use crate::repo::catalog::WalCatalog;
 use crate::repo::{ClusterIdentity, Repository};
 use backoff::Backoff;
+use follow::Tail;
 use spool::{InProgress, Spool};
 use status::{now_rfc3339, StreamStatus};
 use upload::{PartialRequest, Progress, UploadQueue};
@@ -141,43 +144,61 @@ pub async fn run(
         repo_end,
     )?;
 
-    let outcome = loop {
-        if *shutdown.borrow() {
-            break Ok(());
-        }
-        match streamer.session(&mut shutdown).await {
-            Ok(SessionEnd::Shutdown) => break Ok(()),
-            Ok(SessionEnd::TimelineEnded) => backoff.reset(),
-            Err(StreamError::UploaderStopped) => break Err(streamer.uploader_error().await),
-            Err(e @ StreamError::SlotLost { .. }) => {
-                streamer.drop_recreated_slot().await;
-                break Err(e);
+    let task = async move {
+        streamer.announce_tail();
+        let outcome = loop {
+            if *shutdown.borrow() {
+                break Ok(());
             }
-            Err(e) if e.is_fatal() => break Err(e),
-            Err(e) => {
-                if streamer.streamed_since_connect {
-                    backoff.reset();
+            match streamer.session(&mut shutdown).await {
+                Ok(SessionEnd::Shutdown) => break Ok(()),
+                Ok(SessionEnd::TimelineEnded) => backoff.reset(),
+                Err(StreamError::UploaderStopped) => break Err(streamer.uploader_error().await),
+                Err(e @ StreamError::SlotLost { .. }) => {
+                    streamer.drop_recreated_slot().await;
+                    break Err(e);
                 }
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %e, attempt = backoff.attempts(), retry_in = ?delay,
-                    "streaming interrupted; reconnecting");
-                if wait_or_shutdown(delay, &mut shutdown).await {
-                    break Ok(());
+                Err(e) if e.is_fatal() => break Err(e),
+                Err(e) => {
+                    if streamer.streamed_since_connect {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, attempt = backoff.attempts(), retry_in = ?delay,
+                        "streaming interrupted; reconnecting");
+                    if wait_or_shutdown(delay, &mut shutdown).await {
+                        break Ok(());
+                    }
                 }
             }
+        };
+        if outcome.is_ok() {
+            streamer.shut_down().await;
         }
+        outcome
     };
-    if outcome.is_ok() {
-        streamer.shut_down().await;
+    // The streamer runs as a task on a worker thread rather than on the
+    // thread blocked in `block_on`: there every message woke that thread from
+    // a worker (a futex wake and two context switches per message).
+    match tokio::spawn(task).await {
+        Ok(outcome) => outcome,
+        Err(e) => Err(StreamError::Mismatch(format!(
+            "the streaming task failed: {e}"
+        ))),
     }
-    outcome
+}
+
+/// Resolves once shutdown is asked for (without holding the watch's lock
+/// guard, which would keep the future from moving between threads).
+async fn shutdown_asked(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 /// Sleeps `delay`; true when shutdown was asked for meanwhile.
 async fn wait_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     let asked = tokio::select! {
         _ = tokio::time::sleep(delay) => false,
-        _ = shutdown.wait_for(|s| *s) => true,
+        _ = shutdown_asked(shutdown) => true,
     };
     asked || *shutdown.borrow()
 }
@@ -301,6 +322,8 @@ struct Streamer {
     server_lsn: Lsn,
     reported_flush: Lsn,
     last_partial: Option<PartialRequest>,
+    /// What the uploader was last told of the segment in progress.
+    last_tail: Option<Tail>,
     last_partial_at: Option<Instant>,
     caught_up_at: Instant,
     last_status_at: Option<Instant>,
@@ -404,6 +427,7 @@ impl Streamer {
             server_lsn: Lsn(0),
             reported_flush: Lsn(0),
             last_partial: None,
+            last_tail: None,
             last_partial_at: None,
             caught_up_at: Instant::now(),
             last_status_at: None,
@@ -467,7 +491,7 @@ impl Streamer {
         // not wait for TCP timeouts; once streaming, the loop handles it.
         let stream = tokio::select! {
             s = self.connect_and_start() => s?,
-            _ = shutdown.wait_for(|s| *s) => return Ok(SessionEnd::Shutdown),
+            _ = shutdown_asked(shutdown) => return Ok(SessionEnd::Shutdown),
         };
         self.stream_loop(stream, shutdown).await
     }
@@ -562,6 +586,7 @@ impl Streamer {
                 self.spool
                     .put_ready(&WalFileName::History { tli: sys.timeline }, &content)?;
                 self.queue.wake();
+                self.announce_tail();
             }
             let text = String::from_utf8_lossy(&content);
             let entries = parse_timeline_history(&text).map_err(|e| {
@@ -597,6 +622,7 @@ impl Streamer {
                     }
                 }
                 self.queue.wake();
+                self.announce_tail();
                 tli = holder;
                 pos = Lsn::from_segment(switch.segment_number(self.seg_size), self.seg_size);
             }
@@ -664,56 +690,68 @@ impl Streamer {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => {
+            let msg = tokio::select! {
+                _ = shutdown_asked(shutdown) => {
                     self.sync_current()?;
                     self.update_positions(&mut stream);
                     let _ = stream.send_status(false).await;
                     let _ = tokio::time::timeout(Duration::from_secs(5), stream.finish()).await;
                     return Ok(SessionEnd::Shutdown);
                 }
-                msg = stream.next_message() => {
-                    let msg = msg.map_err(|e| self.stream_error(e))?;
-                    match msg {
-                        StreamMessage::XLogData { start, end_of_wal, data, .. } => {
-                            self.note_server(end_of_wal);
-                            self.receive(start, &data)?;
-                            self.streamed_since_connect = true;
-                            if self.opts.synchronous {
-                                self.sync_current()?;
-                            }
-                            if self.update_positions(&mut stream) && self.opts.synchronous {
-                                stream.send_status(false).await.map_err(StreamError::pg("sending a status update"))?;
-                            }
-                        }
-                        StreamMessage::Keepalive { end_of_wal, .. } => self.note_server(end_of_wal),
-                        StreamMessage::EndOfTimeline => {
-                            self.sync_current()?;
-                            let (end, conn) = stream
-                                .finish()
-                                .await
-                                .map_err(StreamError::pg("ending the timeline"))?;
-                            tracing::info!(timeline = self.tli,
-                                next = ?end.next_timeline,
-                                switch = ?end.switch_lsn.map(|l| l.to_string()),
-                                "the server ended the timeline");
-                            let _ = conn.close().await;
-                            return Ok(SessionEnd::TimelineEnded);
-                        }
-                    }
-                }
+                msg = stream.next_message() => msg,
                 _ = self.progress.changed() => {
                     if self.update_positions(&mut stream) {
                         stream.send_status(false).await.map_err(StreamError::pg("sending a status update"))?;
                     }
+                    continue;
                 }
                 _ = tick.tick() => {
                     self.check_uploader()?;
+                    self.flush_current()?;
                     self.maybe_partial();
                     self.maybe_status(false);
                     if self.update_positions(&mut stream) {
                         stream.send_status(false).await.map_err(StreamError::pg("sending a status update"))?;
                     }
+                    continue;
+                }
+            };
+            let msg = msg.map_err(|e| self.stream_error(e))?;
+            match msg {
+                StreamMessage::XLogData {
+                    start,
+                    end_of_wal,
+                    data,
+                    ..
+                } => {
+                    self.note_server(end_of_wal);
+                    self.receive(start, &data)?;
+                    self.streamed_since_connect = true;
+                    if self.opts.synchronous {
+                        self.sync_current()?;
+                        if self.update_positions(&mut stream) {
+                            stream
+                                .send_status(false)
+                                .await
+                                .map_err(StreamError::pg("sending a status update"))?;
+                        }
+                    } else {
+                        self.update_positions(&mut stream);
+                    }
+                }
+                StreamMessage::Keepalive { end_of_wal, .. } => self.note_server(end_of_wal),
+                StreamMessage::EndOfTimeline => {
+                    self.sync_current()?;
+                    let (end, conn) = stream
+                        .finish()
+                        .await
+                        .map_err(StreamError::pg("ending the timeline"))?;
+                    tracing::info!(timeline = self.tli,
+                        next = ?end.next_timeline,
+                        switch = ?end.switch_lsn.map(|l| l.to_string()),
+                        "the server ended the timeline");
+                    let _ = conn.close().await;
+                    return Ok(SessionEnd::TimelineEnded);
                 }
             }
         }
@@ -773,29 +811,76 @@ impl Streamer {
                 }
             };
             let n = (seg_bytes - cur.len()).min(data.len() as u64) as usize;
-            self.spool.write(cur, &data[..n])?;
+            if let Err(e) = self.spool.write(cur, &data[..n]) {
+                // What was buffered is gone with the failed write.
+                self.position = Some(cur.end(self.seg_size));
+                return Err(e);
+            }
             pos = pos + n as u64;
             self.position = Some(pos);
             data = &data[n..];
             if cur.len() == seg_bytes {
+                let began = Instant::now();
                 self.spool.complete(cur)?;
+                tracing::debug!(
+                    segno = cur.segno,
+                    took_ms = began.elapsed().as_millis() as u64,
+                    "segment complete in the spool"
+                );
                 self.current = None;
-                self.queue.wake();
             }
         }
+        self.announce_tail();
+        Ok(())
+    }
+
+    /// Tells the uploader how much of the segment in progress is in the
+    /// spool file, in whole [`spool::WRITE_BATCH`] pieces (what it encodes
+    /// ahead), and wakes it only when that changed.
+    fn announce_tail(&mut self) {
+        let tail = self.current.as_ref().map(|c| Tail {
+            tli: c.tli,
+            segno: c.segno,
+            generation: c.generation(),
+            len: c.on_disk() - c.on_disk() % spool::WRITE_BATCH,
+        });
+        if tail != self.last_tail {
+            self.last_tail = tail;
+            self.queue.set_tail(tail);
+        }
+    }
+
+    /// Writes what the spool buffers for the segment in progress.
+    fn flush_current(&mut self) -> Result<(), StreamError> {
+        if let Some(c) = self.current.as_mut() {
+            if let Err(e) = self.spool.flush(c) {
+                self.position = Some(c.end(self.seg_size));
+                return Err(e);
+            }
+        }
+        self.announce_tail();
         Ok(())
     }
 
     fn sync_current(&mut self) -> Result<(), StreamError> {
-        match self.current.as_mut() {
-            Some(c) => self.spool.sync(c),
-            None => Ok(()),
+        if let Some(c) = self.current.as_mut() {
+            if let Err(e) = self.spool.sync(c) {
+                self.position = Some(c.end(self.seg_size));
+                return Err(e);
+            }
         }
+        self.announce_tail();
+        Ok(())
     }
 
     /// Sets the positions reported to the server; true when flush moved.
     fn update_positions(&mut self, stream: &mut WalStream) -> bool {
-        let write = self.position.unwrap_or_default();
+        let received = self.position.unwrap_or_default();
+        // Written: in the spool file (a buffered tail is not).
+        let write = match &self.current {
+            Some(c) => Lsn::from_segment(c.segno, self.seg_size) + c.on_disk(),
+            None => received,
+        };
         let stored = self.progress.borrow().stored_end.min(write);
         let flush = if self.opts.synchronous {
             let synced = match &self.current {
@@ -826,6 +911,11 @@ impl Streamer {
     /// Asks for a `.partial` of the segment in progress when it has new WAL
     /// and the interval has passed.
     fn maybe_partial(&mut self) {
+        // The request is served from the spool file: what it names must be there.
+        if let Err(e) = self.flush_current() {
+            tracing::debug!(error = %e, "cannot write the spool");
+            return;
+        }
         let Some(c) = &self.current else {
             return;
         };
@@ -942,15 +1032,18 @@ impl Streamer {
             let _ = t.await;
         }
         let status = self.status("stopped");
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            status::write_status(&self.repo, &status),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not store the final stream status"),
-            Err(_) => tracing::warn!("storing the final stream status timed out"),
+        let repo = Arc::clone(&self.repo);
+        let last = status.clone();
+        let write = tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(10), status::write_status(&repo, &last)).await
+        });
+        match write.await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "could not store the final stream status")
+            }
+            Ok(Err(_)) => tracing::warn!("storing the final stream status timed out"),
+            Err(e) => tracing::warn!(error = %e, "storing the final stream status failed"),
         }
         tracing::info!(received = %status.received_lsn, stored = %status.stored_lsn, "stopped");
     }
