@@ -27,6 +27,11 @@ use crate::pg::{PgError, ServerError};
 /// below (XLogData carries at most 128 kB of WAL); a bigger length means a
 /// broken stream, and refusing it keeps memory bounded.
 const MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;
+/// Room for at least this much in every read: a COPY stream (BASE_BACKUP,
+/// WAL) arrives as messages of 8-64 KiB, and one read that takes whatever
+/// the socket holds costs a fraction of the syscalls and wake-ups of reading
+/// one message at a time.
+const READ_SIZE: usize = 256 * 1024;
 
 /// The tag of CopyBothResponse, which postgres-protocol's parser lacks.
 const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
@@ -760,8 +765,12 @@ impl ReplicationConnection {
                     };
                 }
                 self.rbuf.reserve(len + 1 - self.rbuf.len());
-            } else {
-                self.rbuf.reserve(8192);
+            }
+            // A new buffer only when the spare room is small: reserving
+            // READ_SIZE on every read would reallocate while earlier messages
+            // still share the buffer.
+            if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 4 {
+                self.rbuf.reserve(READ_SIZE);
             }
             let n = self
                 .io
