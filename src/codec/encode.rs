@@ -403,10 +403,12 @@ fn encode_parallel_with(
     std::thread::scope(|scope| -> Result<(), CodecError> {
         // Worker k seals chunks k, k + threads, ...; this thread seals the
         // rest and hands every frame to the sink in order. A bounded channel
-        // per worker keeps at most two of its frames waiting.
+        // per worker keeps at most one of its frames waiting.
         let mut sealed = Vec::with_capacity(threads - 1);
         for k in 1..threads {
-            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            // A rendezvous: a sealed frame waits in its worker, not in a
+            // queue too (archive-push's peak memory is measured).
+            let (tx, rx) = std::sync::mpsc::sync_channel(0);
             sealed.push(rx);
             let seal = &seal;
             scope.spawn(move || {
