@@ -583,11 +583,15 @@ fn archive_get_prefetches_and_never_serves_a_bad_spool_entry() {
     // Entries are verified, decoded segments named `<segment>.<crc32c>`.
     let spooled = |name: &str| -> Option<PathBuf> {
         let sub = fs::read_dir(&spool).ok()?.flatten().next()?.path();
-        fs::read_dir(sub).ok()?.flatten().map(|e| e.path()).find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{name}.")) && !n.ends_with(".tmp"))
-        })
+        fs::read_dir(sub)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{name}.")) && !n.ends_with(".tmp"))
+            })
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while (1..=3).any(|i| spooled(&seg(i)).is_none()) {

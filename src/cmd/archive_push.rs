@@ -49,10 +49,7 @@ pub async fn run(settings: &Settings, args: &ArchivePushArgs) -> anyhow::Result<
 
     let name = WalFileName::parse(file_name, repo.seg_size()?)
         .with_context(|| format!("{origin}: not a WAL file name"))?;
-    match repo
-        .push_wal(&name, data, &origin)
-        .await?
-    {
+    match repo.push_wal(&name, data, &origin).await? {
         PushOutcome::Stored => tracing::debug!(file = file_name, "stored"),
         PushOutcome::Duplicate => {
             tracing::warn!(
