@@ -12,6 +12,10 @@
 mod support;
 
 use support::scratch::Scratch;
+use walship::config::{FlagValues, Settings};
+use walship::repo::backup::ChunkLocation;
+use walship::repo::chunks::bundle_key;
+use walship::repo::Repository;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -574,17 +578,35 @@ fn bad_missing_segment_in_the_middle_is_named_before_writing() {
 #[test]
 fn bad_corrupt_chunk_stops_the_restore_naming_it() {
     let s = small();
-    // A chunk stored as its own object: flip a byte in the middle.
-    let chunks = s.scratch.path("repo/main/chunks");
-    let victim = walk(&chunks)
-        .into_iter()
-        .find(|p| p.is_file())
-        .expect("a chunk object");
-    let id = victim.file_name().unwrap().to_string_lossy().into_owned();
-    let mut bytes = fs::read(&victim).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x40;
-    fs::write(&victim, bytes).unwrap();
+    // Chunks live in bundles: flip a byte in the middle of one chunk's bytes.
+    let lookup = |k: &str| s.env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+    let settings = Settings::resolve_with(&FlagValues::default(), &lookup).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let repo = rt.block_on(Repository::open(&settings)).unwrap();
+    let manifest = rt.block_on(repo.load_backup(&s.backup)).unwrap().unwrap();
+    let victim = manifest
+        .files
+        .iter()
+        .filter(|f| f.size >= 8192)
+        .flat_map(|f| f.chunks.iter())
+        .next()
+        .expect("a chunk of a relation file")
+        .clone();
+    let ChunkLocation::Bundle {
+        bundle,
+        offset,
+        stored_len,
+    } = &victim.at
+    else {
+        panic!("new chunks are bundled: {victim:?}");
+    };
+    let id = victim.id.clone();
+    let path = s
+        .scratch
+        .path(&format!("repo/{}", bundle_key("main", bundle)));
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[(offset + stored_len / 2) as usize] ^= 0x40;
+    fs::write(&path, bytes).unwrap();
     let dir = s.scratch.path("r");
     let err = restore_fails(&s.env, &dir, &[]);
     assert!(
@@ -595,20 +617,6 @@ fn bad_corrupt_chunk_stops_the_restore_naming_it() {
         !dir.join("global/pg_control").exists(),
         "a half-restored directory must not look good"
     );
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).unwrap().filter_map(|e| e.ok()) {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]
