@@ -24,7 +24,11 @@ use crate::repo::Repository;
 pub async fn run(settings: &Settings, args: &ArchiveGetArgs, global: &GlobalArgs) -> ExitCode {
     match fetch(settings, args).await {
         Ok(true) => {
-            if settings.prefetch.depth > 0 {
+            // A worker only when the spool runs low: each one is a process
+            // start and a repository open that replay's CPU would pay for.
+            let depth = settings.prefetch.depth;
+            let ahead = || PrefetchSpool::open(settings).map_or(0, |s| s.ahead_of(&args.walfile));
+            if depth > 0 && ahead() <= depth / 2 {
                 start_prefetch(&args.walfile, global);
             }
             ExitCode::SUCCESS

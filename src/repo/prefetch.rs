@@ -147,6 +147,29 @@ impl PrefetchSpool {
         Ok(true)
     }
 
+    /// How many entries wait for segments after `file` on its timeline.
+    pub fn ahead_of(&self, file: &str) -> usize {
+        let want = file.as_bytes();
+        if want.len() != 24 {
+            return 0;
+        }
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.as_encoded_bytes();
+                name.len() > 25
+                    && name[24] == b'.'
+                    && name[..8] == want[..8]
+                    && name[8..24] > want[8..24]
+                    && !name.ends_with(b".tmp")
+            })
+            .count()
+    }
+
     /// Removes entries behind `file` on its timeline and entries gone stale.
     pub fn prune(&self, file: &str) {
         let Ok(entries) = fs::read_dir(&self.dir) else {
