@@ -23,17 +23,16 @@ use crate::repo::Repository;
 /// Runs `walship archive-get`, mapping outcomes to the interface's exit codes.
 pub async fn run(settings: &Settings, args: &ArchiveGetArgs, global: &GlobalArgs) -> ExitCode {
     match fetch(settings, args).await {
-        Ok(true) => {
+        Ok(Fetched::Written { spooled_ahead }) => {
             // A worker only when the spool runs low: each one is a process
             // start and a repository open that replay's CPU would pay for.
             let depth = settings.prefetch.depth;
-            let ahead = || PrefetchSpool::open(settings).map_or(0, |s| s.ahead_of(&args.walfile));
-            if depth > 0 && ahead() <= depth / 2 {
+            if depth > 0 && spooled_ahead <= depth / 2 {
                 start_prefetch(&args.walfile, global);
             }
             ExitCode::SUCCESS
         }
-        Ok(false) => {
+        Ok(Fetched::NotFound) => {
             tracing::info!(file = %args.walfile, "not in the repository");
             ExitCode::from(1)
         }
@@ -44,7 +43,16 @@ pub async fn run(settings: &Settings, args: &ArchiveGetArgs, global: &GlobalArgs
     }
 }
 
-async fn fetch(settings: &Settings, args: &ArchiveGetArgs) -> anyhow::Result<bool> {
+/// What archive-get did.
+enum Fetched {
+    /// DEST is written; so many segments after it wait in the read-ahead spool.
+    Written { spooled_ahead: usize },
+    /// Not in the repository.
+    NotFound,
+}
+
+async fn fetch(settings: &Settings, args: &ArchiveGetArgs) -> anyhow::Result<Fetched> {
+    let mut spooled_ahead = 0;
     // A segment the read-ahead already verified and decoded: check it and
     // rename it into place, without opening the repository at all.
     let is_segment =
@@ -53,15 +61,15 @@ async fn fetch(settings: &Settings, args: &ArchiveGetArgs) -> anyhow::Result<boo
         match PrefetchSpool::open(settings) {
             Ok(spool) => {
                 let (walfile, dest) = (args.walfile.clone(), args.dest.clone());
-                let served = tokio::task::spawn_blocking(move || {
+                let (served, ahead) = tokio::task::spawn_blocking(move || {
                     let served = spool.serve(&walfile, &dest);
-                    spool.prune(&walfile);
-                    served
+                    (served, spool.prune(&walfile))
                 })
                 .await
-                .context("spool task failed")??;
-                if served {
-                    return Ok(true);
+                .context("spool task failed")?;
+                spooled_ahead = ahead;
+                if served? {
+                    return Ok(Fetched::Written { spooled_ahead });
                 }
             }
             Err(e) => {
@@ -76,11 +84,12 @@ async fn fetch(settings: &Settings, args: &ArchiveGetArgs) -> anyhow::Result<boo
     if let Some(stored) = repo.fetch_wal_object(&name).await? {
         // Decoded a chunk at a time straight into the destination's temp file.
         let repo = Arc::new(repo);
-        return write_file(&args.dest, move |f| {
+        write_file(&args.dest, move |f| {
             repo.decode_wal_into(&name, &stored, f)?;
             Ok(())
         })
-        .await;
+        .await?;
+        return Ok(Fetched::Written { spooled_ahead });
     }
     match (&name, args.allow_partial) {
         (WalFileName::Segment { tli, segno }, true) => {
@@ -90,25 +99,25 @@ async fn fetch(settings: &Settings, args: &ArchiveGetArgs) -> anyhow::Result<boo
                     write_file(&args.dest, move |f| {
                         f.write_all(&data).map_err(anyhow::Error::from)
                     })
-                    .await
+                    .await?;
+                    Ok(Fetched::Written { spooled_ahead })
                 }
-                None => Ok(false),
+                None => Ok(Fetched::NotFound),
             }
         }
-        _ => Ok(false),
+        _ => Ok(Fetched::NotFound),
     }
 }
 
-/// Writes DEST atomically off the async threads; `Ok(true)` once it is there.
+/// Writes DEST atomically off the async threads.
 async fn write_file(
     dest: &Path,
     fill: impl FnOnce(&mut std::fs::File) -> anyhow::Result<()> + Send + 'static,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<()> {
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || write_atomically_with(&dest, fill))
         .await
-        .context("writer task failed")??;
-    Ok(true)
+        .context("writer task failed")?
 }
 
 /// Fills a temp file beside `dest` (mode 0600, as PostgreSQL's own WAL) and

@@ -63,13 +63,9 @@ pub async fn run(settings: &Settings, args: &ArchivePushArgs) -> anyhow::Result<
 
 async fn read_wal_file(path: &Path) -> std::io::Result<bytes::Bytes> {
     let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path)?;
-        let len = file.metadata()?.len();
-        crate::storage::mapped::read_whole(file, len, &path)
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    tokio::task::spawn_blocking(move || crate::storage::mapped::read_file(&path))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 fn wal_file_name(path: &Path) -> anyhow::Result<&str> {

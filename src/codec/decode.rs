@@ -538,7 +538,26 @@ fn walk_frames(dec: &mut ObjectDecoder, stored: &[u8]) -> Option<(Vec<DataFrame>
     }
 }
 
-/// One data frame found by [`walk_frames`].
+/// A frame's verified payload: decrypted in place (sealed frames) or
+/// CRC-checked (unencrypted ones).
+fn unseal<'a>(
+    name: &str,
+    cipher: Option<&(Aes256Gcm, [u8; 8])>,
+    header: &[u8; HEADER_LEN],
+    f: &DataFrame,
+    body: &'a mut [u8],
+) -> Result<&'a [u8], CodecError> {
+    match cipher {
+        Some(c) => open_frame(name, c, header, f.index, f.start, &f.fh, body),
+        None => {
+            let (payload, crc) = body.split_at(body.len() - CRC_LEN);
+            check_crc(name, header, f.index, f.start, &f.fh, payload, crc)?;
+            Ok(payload)
+        }
+    }
+}
+
+/// One frame found by [`walk_frames`].
 struct DataFrame {
     index: u64,
     fh: [u8; FRAME_HEADER_LEN],
@@ -598,14 +617,7 @@ pub fn decode_parallel(
         let plain = (plain_len - f.index * cs).min(cs) as usize;
         body.clear();
         body.extend_from_slice(&stored[f.body.clone()]);
-        let payload: &[u8] = match cipher {
-            Some(c) => open_frame(name, c, header_raw, f.index, f.start, &f.fh, body)?,
-            None => {
-                let (payload, crc) = body.split_at(body.len() - CRC_LEN);
-                check_crc(name, header_raw, f.index, f.start, &f.fh, payload, crc)?;
-                payload
-            }
-        };
+        let payload = unseal(name, cipher, header_raw, f, body)?;
         out.clear();
         out.reserve(plain);
         inflate_into(name, f.index, f.start, f.fh[0], payload, plain, &mut out)?;
@@ -663,30 +675,7 @@ pub fn decode_parallel(
     dec.consumed = stored.len() as u64;
     dec.plain_done = plain_len;
     let mut body = stored[trailer.body.clone()].to_vec();
-    let t: &[u8] = match &dec.cipher {
-        Some(c) => open_frame(
-            name,
-            c,
-            header_raw,
-            trailer.index,
-            trailer.start,
-            &trailer.fh,
-            &mut body,
-        )?,
-        None => {
-            let (payload, crc) = body.split_at(body.len() - CRC_LEN);
-            check_crc(
-                name,
-                header_raw,
-                trailer.index,
-                trailer.start,
-                &trailer.fh,
-                payload,
-                crc,
-            )?;
-            payload
-        }
-    };
+    let t = unseal(name, dec.cipher.as_ref(), header_raw, &trailer, &mut body)?;
     let t = t.to_vec();
     dec.on_trailer(&t, computed)?;
     dec.finish()

@@ -1,5 +1,5 @@
 //! Unit tests of the object codec: round trips in every mode, every tamper
-//! case, key handling. The throughput measurement is `#[ignore]`d.
+//! case, key handling. Throughput is measured by `examples/codec_throughput.rs`.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -609,114 +609,6 @@ fn checksum_serde_and_display() {
 
 /// CPU time of this thread (Linux `schedstat`), so a measurement on a busy
 /// machine is not skewed by waiting for a core; wall time elsewhere.
-fn cpu_seconds() -> f64 {
-    if let Ok(s) = std::fs::read_to_string("/proc/thread-self/schedstat") {
-        if let Some(ns) = s
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            return ns as f64 / 1e9;
-        }
-    }
-    use std::sync::OnceLock;
-    static START: OnceLock<std::time::Instant> = OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_secs_f64()
-}
-
-/// Runs `f` `rounds` times; returns MB/s of `bytes` per round in CPU time.
-fn rate(bytes: usize, rounds: usize, mut f: impl FnMut()) -> f64 {
-    let t = cpu_seconds();
-    for _ in 0..rounds {
-        f();
-    }
-    let secs = (cpu_seconds() - t) / rounds as f64;
-    bytes as f64 / 1e6 / secs
-}
-
-/// Throughput of lz4+AES-GCM (and the other modes, and each building block)
-/// on a 16 MiB WAL-like buffer, in CPU time of one core. Run with
-/// `cargo test --release --lib codec::tests::throughput -- --ignored --nocapture`;
-/// `WALSHIP_BENCH_WAL=/path/to/segment` measures a real segment instead.
-#[test]
-#[ignore = "measurement, run in release mode"]
-fn throughput() {
-    #[cfg(target_arch = "x86_64")]
-    println!(
-        "cpu: aes-ni {} pclmulqdq {} avx2 {} sse4.2 {}",
-        std::is_x86_feature_detected!("aes"),
-        std::is_x86_feature_detected!("pclmulqdq"),
-        std::is_x86_feature_detected!("avx2"),
-        std::is_x86_feature_detected!("sse4.2")
-    );
-    let data = match std::env::var_os("WALSHIP_BENCH_WAL") {
-        Some(p) => std::fs::read(&p).unwrap(),
-        None => wal_like(16 << 20, 42),
-    };
-    let n = data.len();
-    let rounds = 8;
-    // Building blocks, per 1 MiB chunk as the codec uses them.
-    let mut comp = vec![0u8; lz4_flex::block::get_maximum_output_size(CS)];
-    let mut plain = vec![0u8; CS];
-    let lz4c = rate(n, rounds, || {
-        for c in data.chunks(CS) {
-            std::hint::black_box(lz4_flex::block::compress_into(c, &mut comp).unwrap());
-        }
-    });
-    let packed: Vec<Vec<u8>> = data.chunks(CS).map(lz4_flex::block::compress).collect();
-    let lz4d = rate(n, rounds, || {
-        for (c, p) in packed.iter().zip(data.chunks(CS)) {
-            let m = lz4_flex::block::decompress_into(c, &mut plain[..p.len()]).unwrap();
-            std::hint::black_box(m);
-        }
-    });
-    let b3 = rate(n, rounds, || {
-        std::hint::black_box(blake3::hash(&data));
-    });
-    let crc = rate(n, rounds, || {
-        std::hint::black_box(crc32c::crc32c(&data));
-    });
-    use aes_gcm::aead::{AeadInPlace, KeyInit};
-    let cipher = aes_gcm::Aes256Gcm::new(&[1u8; 32].into());
-    let mut buf = data.clone();
-    let gcm = rate(n, rounds, || {
-        for c in buf.chunks_mut(CS) {
-            let t = cipher
-                .encrypt_in_place_detached(&[0u8; 12].into(), b"ad", c)
-                .unwrap();
-            std::hint::black_box(t);
-        }
-    });
-    println!(
-        "blocks (MB/s): lz4 compress {lz4c:.0}, lz4 decompress {lz4d:.0}, blake3 {b3:.0}, crc32c {crc:.0}, aes-256-gcm {gcm:.0}"
-    );
-    for (label, settings) in modes() {
-        let mut stored = Vec::new();
-        let enc = rate(n, rounds, || {
-            stored = encode_bytes("bench", &data, &settings).unwrap().0;
-        });
-        let mut out = Vec::with_capacity(n);
-        let dec = rate(n, rounds, || {
-            out.clear();
-            let mut dec = ObjectDecoder::new("bench", key_of(&settings));
-            for piece in stored.chunks(1 << 20) {
-                dec.feed(piece, &mut out).unwrap();
-            }
-            dec.finish().unwrap();
-        });
-        assert!(out == data);
-        println!(
-            "{label:9} {:.1} MB -> {:.1} MB ({:.0}%): encode {enc:.0} MB/s, decode {dec:.0} MB/s (plaintext, one core)",
-            n as f64 / 1e6,
-            stored.len() as f64 / 1e6,
-            100.0 * stored.len() as f64 / n as f64,
-        );
-    }
-}
-
 /// The test vectors printed in `docs/format.md`, so a second reader can be
 /// checked against them; this test keeps the document truthful.
 fn test_vectors() -> Vec<(&'static str, String)> {

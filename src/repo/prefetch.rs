@@ -111,12 +111,7 @@ impl PrefetchSpool {
                     .map_err(|_| "bad stanza copy in the spool")?;
                 let name = WalFileName::parse(file, seg_size).map_err(|_| "not a segment name")?;
                 let origin = entry.display().to_string();
-                let data = File::open(&entry)
-                    .and_then(|f| {
-                        let len = f.metadata()?.len();
-                        crate::storage::mapped::read_whole(f, len, &entry)
-                    })
-                    .map_err(|_| "unreadable")?;
+                let data = crate::storage::mapped::read_file(&entry).map_err(|_| "unreadable")?;
                 if crc32c::crc32c(&data) != crc {
                     return Err("CRC-32C mismatch");
                 }
@@ -147,59 +142,31 @@ impl PrefetchSpool {
         Ok(true)
     }
 
-    /// How many entries wait for segments after `file` on its timeline.
-    pub fn ahead_of(&self, file: &str) -> usize {
-        let want = file.as_bytes();
-        if want.len() != 24 {
-            return 0;
-        }
+    /// Removes entries behind `file` on its timeline and entries gone stale;
+    /// returns how many entries wait for the segments after it (archive-get
+    /// starts a worker only when few do).
+    pub fn prune(&self, file: &str) -> usize {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return 0;
         };
-        entries
-            .flatten()
-            .filter(|e| {
-                let name = e.file_name();
-                let name = name.as_encoded_bytes();
-                name.len() > 25
-                    && name[24] == b'.'
-                    && name[..8] == want[..8]
-                    && name[8..24] > want[8..24]
-                    && !name.ends_with(b".tmp")
-            })
-            .count()
-    }
-
-    /// Removes entries behind `file` on its timeline and entries gone stale.
-    pub fn prune(&self, file: &str) {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return;
-        };
-        // Same timeline (first 8 hex digits), lower or equal segment.
-        let want = file.as_bytes();
-        let behind = |name: &[u8]| {
-            want.len() == 24
-                && name.len() > 25
-                && name[24] == b'.'
-                && name[..8] == want[..8]
-                && name[8..24] <= want[8..24]
-        };
+        let mut ahead = 0;
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name == STANZA_FILE || name == ".lock" {
-                continue;
-            }
-            let stale = entry
-                .metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > STALE_AFTER);
-            if stale || behind(name.as_bytes()) {
+            let position = entry_position(name.as_encoded_bytes(), file.as_bytes());
+            let stale = position.is_some()
+                && entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > STALE_AFTER);
+            if stale || position.is_some_and(|p| p.is_le()) {
                 let _ = fs::remove_file(entry.path());
+            } else if position.is_some_and(|p| p.is_gt()) {
+                ahead += 1;
             }
         }
+        ahead
     }
 
     /// Fetches, verifies and decodes the `depth` segments after `after` (same
@@ -328,6 +295,14 @@ async fn spool_one(
         key: "prefetch".into(),
         reason: format!("the decoding task failed: {e}"),
     })?
+}
+
+/// Where the spool entry `name` (`<24 hex digits>.<crc32c>`) stands against
+/// the segment `want` on the same timeline (the first 8 digits); `None` for
+/// anything else (other timelines, the stanza copy, the lock, temp files).
+fn entry_position(name: &[u8], want: &[u8]) -> Option<std::cmp::Ordering> {
+    let ours = want.len() == 24 && name.len() > 25 && name[24] == b'.' && name[..8] == want[..8];
+    ours.then(|| name[8..24].cmp(&want[8..24]))
 }
 
 /// A writer that keeps the CRC-32C of what went through it.

@@ -13,7 +13,7 @@ use super::index::WalIndexEntry;
 use super::{layout, RepoError, Repository};
 use crate::codec;
 use crate::pg::wal::page::parse_segment_start;
-use crate::pg::wal::record::summarize_segment;
+use crate::pg::wal::record::{summarize_segment, SegmentSummary};
 use crate::pg::wal::segment::{parse_timeline_history, TimelineId, WalFileName, WalSegSize};
 use crate::pg::wal::Lsn;
 use crate::storage::{PutMode, PutOutcome};
@@ -94,48 +94,75 @@ impl Repository {
         // The codec's checksum is BLAKE3 of the plaintext: the same identity
         // as `content_checksum`, without hashing the segment twice.
         let checksum = summary.checksum.to_string();
-        let outcome = match put_outcome {
-            PutOutcome::Stored => PushOutcome::Stored,
-            PutOutcome::AlreadyExists => {
-                let existing = self.get_object(&key).await?;
-                let stored_checksum = match existing {
-                    Some((plain, _)) => content_checksum(&plain),
-                    None => {
-                        return Err(RepoError::BadMetadata {
-                            key,
-                            reason: "existed, then vanished during the push".into(),
-                        })
-                    }
-                };
-                if stored_checksum != checksum {
-                    return Err(RepoError::WalConflict {
-                        name: file,
-                        stored: stored_checksum,
-                        new: checksum,
-                    });
-                }
-                PushOutcome::Duplicate
-            }
-        };
+        let outcome = self
+            .settle_wal_put(&key, &file, put_outcome, &checksum)
+            .await?;
         if let (WalFileName::Segment { tli, segno }, Some(scan)) = (name, scan) {
             let summary = scan
                 .await
                 .map_err(|e| format!("the index scan failed: {e}"))
                 .and_then(|s| s);
-            if let Err(reason) = &summary {
-                tracing::warn!(file = %file, %reason, "WAL records not decodable; stored as is, not indexed");
-            }
-            let entry = WalIndexEntry::new(
-                &file,
-                *tli,
-                Lsn::from_segment(*segno, seg_size),
-                summary,
-                checksum,
-                data.len() as u64,
-            );
-            self.put_index(&entry).await?;
+            self.index_segment(*tli, *segno, &file, summary, checksum, data.len() as u64)
+                .await?;
         }
         Ok(outcome)
+    }
+
+    /// What a finished put of the WAL object `key` (file `file`, plaintext
+    /// BLAKE3 `checksum`) means: stored; or already there with identical
+    /// content (a duplicate, fine); or already there with other content (a
+    /// conflict: never overwritten, both checksums named).
+    pub async fn settle_wal_put(
+        &self,
+        key: &str,
+        file: &str,
+        put: PutOutcome,
+        checksum: &str,
+    ) -> Result<PushOutcome, RepoError> {
+        if put == PutOutcome::Stored {
+            return Ok(PushOutcome::Stored);
+        }
+        let Some((plain, _)) = self.get_object(key).await? else {
+            return Err(RepoError::BadMetadata {
+                key: key.to_string(),
+                reason: "existed, then vanished during the push".into(),
+            });
+        };
+        let stored = content_checksum(&plain);
+        if stored != checksum {
+            return Err(RepoError::WalConflict {
+                name: file.to_string(),
+                stored,
+                new: checksum.to_string(),
+            });
+        }
+        Ok(PushOutcome::Duplicate)
+    }
+
+    /// Writes the index entry of a stored segment from its record scan (a
+    /// segment whose records do not decode is stored, and said so, unindexed).
+    pub async fn index_segment(
+        &self,
+        tli: TimelineId,
+        segno: u64,
+        file: &str,
+        summary: Result<SegmentSummary, String>,
+        checksum: String,
+        len: u64,
+    ) -> Result<(), RepoError> {
+        if let Err(reason) = &summary {
+            tracing::warn!(file = %file, %reason, "WAL records not decodable; stored as is, not indexed");
+        }
+        let seg_size = self.seg_size()?;
+        let entry = WalIndexEntry::new(
+            file,
+            tli,
+            Lsn::from_segment(segno, seg_size),
+            summary,
+            checksum,
+            len,
+        );
+        self.put_index(&entry).await
     }
 
     /// Encodes `plain` on every core (chunks are independent) and streams the

@@ -35,3 +35,10 @@ pub fn read_whole(mut file: File, len: u64, path: &Path) -> std::io::Result<Byte
     file.read_to_end(&mut data)?;
     Ok(Bytes::from(data))
 }
+
+/// [`read_whole`] of the file at `path`.
+pub fn read_file(path: &Path) -> std::io::Result<Bytes> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    read_whole(file, len, path)
+}

@@ -28,11 +28,9 @@ use super::StreamError;
 use crate::codec::{ObjectEncoder, ObjectSummary};
 use crate::pg::wal::record::summarize_segment;
 use crate::pg::wal::segment::{TimelineId, WalFileName, WalSegSize};
-use crate::pg::wal::Lsn;
-use crate::repo::index::WalIndexEntry;
-use crate::repo::wal::{content_checksum, PushOutcome};
-use crate::repo::{layout, RepoError, Repository};
-use crate::storage::{PutMode, PutOutcome, PutStream};
+use crate::repo::wal::PushOutcome;
+use crate::repo::{layout, Repository};
+use crate::storage::{PutMode, PutStream};
 
 /// Plaintext read from the spool and fed to the encoder at most at a time:
 /// the codec's default chunk (1 MiB). The receiver announces the segment in
@@ -202,32 +200,10 @@ impl Encoding {
             .map_err(StreamError::repo("reading the stanza"))?;
         let file_name = self.name.file_name(seg_size);
         let checksum = summary.checksum.to_string();
-        let outcome = match put_outcome {
-            PutOutcome::Stored => PushOutcome::Stored,
-            PutOutcome::AlreadyExists => {
-                let existing = repo
-                    .get_object(&self.key)
-                    .await
-                    .map_err(StreamError::repo(ctx.clone()))?;
-                let stored = match existing {
-                    Some((plain, _)) => content_checksum(&plain),
-                    None => {
-                        return Err(StreamError::repo(ctx)(RepoError::BadMetadata {
-                            key: self.key,
-                            reason: "existed, then vanished during the push".into(),
-                        }))
-                    }
-                };
-                if stored != checksum {
-                    return Err(StreamError::repo(ctx)(RepoError::WalConflict {
-                        name: file_name,
-                        stored,
-                        new: checksum,
-                    }));
-                }
-                PushOutcome::Duplicate
-            }
-        };
+        let outcome = repo
+            .settle_wal_put(&self.key, &file_name, put_outcome, &checksum)
+            .await
+            .map_err(StreamError::repo(ctx.clone()))?;
         // The index needs the whole segment (records span pages): mapped
         // from the page cache rather than copied. Safety: a `.ready` spool
         // file is only ever removed, never truncated or rewritten, and this
@@ -244,18 +220,7 @@ impl Encoding {
         })?;
         let summary = summarize_segment(&map, seg_size).map_err(|e| e.to_string());
         drop(map);
-        if let Err(reason) = &summary {
-            tracing::warn!(file = %file_name, %reason, "WAL records not decodable; stored as is, not indexed");
-        }
-        let entry = WalIndexEntry::new(
-            &file_name,
-            tli,
-            Lsn::from_segment(segno, seg_size),
-            summary,
-            checksum,
-            self.plain_len,
-        );
-        repo.put_index(&entry)
+        repo.index_segment(tli, segno, &file_name, summary, checksum, self.plain_len)
             .await
             .map_err(StreamError::repo(ctx))?;
         Ok(outcome)
