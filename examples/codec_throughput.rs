@@ -56,7 +56,7 @@ fn rate(bytes: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn blocks(data: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
-    use aes_gcm::aead::{AeadInPlace, KeyInit};
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
     let n = data.len();
     let mut comp = vec![0u8; lz4_flex::block::get_maximum_output_size(CHUNK)];
     let lz4c = rate(n, || {
@@ -77,13 +77,18 @@ fn blocks(data: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
     let crc = rate(n, || {
         std::hint::black_box(crc32c::crc32c(data));
     });
-    let cipher = aes_gcm::Aes256Gcm::new(&[1u8; 32].into());
+    let key = UnboundKey::new(&AES_256_GCM, &[1u8; 32]).map_err(|_| "AES-256-GCM key")?;
+    let cipher = LessSafeKey::new(key);
     let mut buf = data.to_vec();
     let gcm = rate(n, || {
         for c in buf.chunks_mut(CHUNK) {
             std::hint::black_box(
                 cipher
-                    .encrypt_in_place_detached(&[0u8; 12].into(), b"ad", c)
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key([0u8; 12]),
+                        Aad::from(b"ad"),
+                        c,
+                    )
                     .ok(),
             );
         }

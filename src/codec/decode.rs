@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use super::aead::ChunkCipher;
 
 use super::error::CodecError;
 use super::format::{
@@ -42,7 +41,7 @@ pub struct ObjectDecoder {
     /// The current unit (header, frame header or frame body) being gathered.
     pending: Vec<u8>,
     header: Option<(ObjectHeader, [u8; HEADER_LEN])>,
-    cipher: Option<(Aes256Gcm, [u8; 8])>,
+    cipher: Option<(ChunkCipher, [u8; 8])>,
     index: u64,
     n_data: u64,
     /// Stored bytes consumed so far (including those in `pending`).
@@ -220,7 +219,7 @@ impl ObjectDecoder {
         }
         if let Some(key) = &self.key {
             let (mut object_key, prefix) = key.object_material(&header.salt);
-            let cipher = Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(&object_key));
+            let cipher = ChunkCipher::new(&object_key);
             wipe(&mut object_key);
             self.cipher = Some((cipher, prefix));
         }
@@ -445,7 +444,7 @@ fn check_crc(
 /// place; returns the payload.
 fn open_frame<'a>(
     name: &str,
-    (cipher, prefix): &(Aes256Gcm, [u8; 8]),
+    (cipher, prefix): &(ChunkCipher, [u8; 8]),
     header: &[u8; HEADER_LEN],
     index: u64,
     frame_start: u64,
@@ -455,12 +454,7 @@ fn open_frame<'a>(
     let (ct, tag) = body.split_at_mut(body.len() - TAG_LEN);
     let ad = associated_data(header, index, fh);
     cipher
-        .decrypt_in_place_detached(
-            Nonce::from_slice(&nonce(prefix, index)),
-            &ad,
-            ct,
-            Tag::from_slice(tag),
-        )
+        .open(nonce(prefix, index), &ad, ct, tag)
         .map_err(|_| CodecError::Tampered {
             name: name.into(),
             chunk: index,
@@ -542,7 +536,7 @@ fn walk_frames(dec: &mut ObjectDecoder, stored: &[u8]) -> Option<(Vec<DataFrame>
 /// CRC-checked (unencrypted ones).
 fn unseal<'a>(
     name: &str,
-    cipher: Option<&(Aes256Gcm, [u8; 8])>,
+    cipher: Option<&(ChunkCipher, [u8; 8])>,
     header: &[u8; HEADER_LEN],
     f: &DataFrame,
     body: &'a mut [u8],

@@ -1,7 +1,6 @@
 //! The sans-I/O encoder: plaintext in, framed (compressed, encrypted) bytes out.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce};
+use super::aead::{fill_random, ChunkCipher};
 
 use super::error::CodecError;
 use super::format::{
@@ -12,15 +11,13 @@ use super::format::{
 use super::key::wipe;
 use super::tree_hash;
 use super::{CodecSettings, Compression, ObjectSummary};
-use aes_gcm::aead::rand_core::RngCore;
-use aes_gcm::aead::OsRng;
 use blake3::hazmat::ChainingValue;
 
 /// Seals frames: owns the header bytes and, when encrypting, the object's
 /// cipher and nonce prefix.
 pub(crate) struct Sealer {
     pub(crate) header: [u8; HEADER_LEN],
-    pub(crate) cipher: Option<(Aes256Gcm, [u8; 8])>,
+    pub(crate) cipher: Option<(ChunkCipher, [u8; 8])>,
 }
 
 impl Sealer {
@@ -42,12 +39,13 @@ impl Sealer {
                 out.extend_from_slice(payload);
                 let ad = associated_data(&self.header, index, &fh);
                 let n = nonce(prefix, index);
-                let tag = cipher
-                    .encrypt_in_place_detached(Nonce::from_slice(&n), &ad, &mut out[start..])
-                    .map_err(|_| CodecError::Invalid {
-                        name: name.into(),
-                        reason: format!("AES-GCM refused to encrypt chunk {index}"),
-                    })?;
+                let tag =
+                    cipher
+                        .seal(n, &ad, &mut out[start..])
+                        .map_err(|_| CodecError::Invalid {
+                            name: name.into(),
+                            reason: format!("AES-GCM refused to encrypt chunk {index}"),
+                        })?;
                 out.extend_from_slice(&tag);
             }
             None => {
@@ -167,12 +165,12 @@ impl ObjectEncoder {
         let cipher = settings.key.as_ref().map(|key| {
             let salt = salt.unwrap_or_else(|| {
                 let mut s = [0u8; 32];
-                OsRng.fill_bytes(&mut s);
+                fill_random(&mut s);
                 s
             });
             header.salt = salt;
             let (mut object_key, prefix) = key.object_material(&salt);
-            let cipher = Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(&object_key));
+            let cipher = ChunkCipher::new(&object_key);
             wipe(&mut object_key);
             (cipher, prefix)
         });

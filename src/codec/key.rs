@@ -5,8 +5,7 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
-use aes_gcm::aead::rand_core::RngCore;
-use aes_gcm::aead::OsRng;
+use super::aead::fill_random;
 use serde::{Deserialize, Serialize};
 
 use super::error::CodecError;
@@ -37,7 +36,7 @@ impl Key {
     /// A new random key from the operating system's CSPRNG.
     pub fn generate() -> Key {
         let mut bytes = [0u8; 32];
-        OsRng.fill_bytes(&mut bytes);
+        fill_random(&mut bytes);
         Key { bytes }
     }
 
@@ -249,7 +248,7 @@ impl KdfParams {
     /// New parameters with a fresh 16-byte random salt and the default costs.
     pub fn generate() -> KdfParams {
         let mut salt = vec![0u8; 16];
-        OsRng.fill_bytes(&mut salt);
+        fill_random(&mut salt);
         KdfParams {
             salt,
             m_cost: Self::DEFAULT_M_COST,
@@ -319,7 +318,7 @@ impl KeyCheck {
     /// A key check for `key` with a fresh random salt.
     pub fn create(key: &Key) -> KeyCheck {
         let mut salt = vec![0u8; 16];
-        OsRng.fill_bytes(&mut salt);
+        fill_random(&mut salt);
         let mac = Self::mac(key, &salt).to_vec();
         KeyCheck {
             key_id: key.id(),

@@ -14,6 +14,7 @@
 //! [`decode_bytes`], [`encode_file`], [`encode_reader`] and
 //! [`decode_to_writer`] are the convenience forms.
 
+mod aead;
 mod decode;
 mod encode;
 mod error;
