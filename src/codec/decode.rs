@@ -480,12 +480,41 @@ fn inflate_into(
     }
     let start = out.len();
     out.resize(start + plain, 0);
-    let reason = match lz4_flex::block::decompress_into(payload, &mut out[start..]) {
-        Ok(n) if n == plain => return Ok(()),
-        Ok(n) => format!("chunk {index}: decompressed to {n} bytes, expected {plain}"),
-        Err(e) => format!("chunk {index}: lz4 block does not decompress: {e}"),
+    let result = inflate_exact(name, index, frame_start, flags, payload, &mut out[start..]);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+/// Like [`inflate_into`], into `out` whose length is the chunk's plaintext
+/// length; what `out` held before is overwritten, so a reused buffer need not
+/// be zeroed first (that memset was ~7% of an archive-get).
+fn inflate_exact(
+    name: &str,
+    index: u64,
+    frame_start: u64,
+    flags: u8,
+    payload: &[u8],
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    let plain = out.len();
+    let reason = if flags & FLAG_COMPRESSED == 0 {
+        if payload.len() == plain {
+            out.copy_from_slice(payload);
+            return Ok(());
+        }
+        format!(
+            "chunk {index}: {} stored bytes, expected {plain}",
+            payload.len()
+        )
+    } else {
+        match lz4_flex::block::decompress_into(payload, out) {
+            Ok(n) if n == plain => return Ok(()),
+            Ok(n) => format!("chunk {index}: decompressed to {n} bytes, expected {plain}"),
+            Err(e) => format!("chunk {index}: lz4 block does not decompress: {e}"),
+        }
     };
-    out.truncate(start);
     Err(CodecError::Corrupt {
         name: name.into(),
         offset: frame_start,
@@ -612,18 +641,21 @@ pub fn decode_parallel(
         body.clear();
         body.extend_from_slice(&stored[f.body.clone()]);
         let payload = unseal(name, cipher, header_raw, f, body)?;
-        out.clear();
-        out.reserve(plain);
-        inflate_into(name, f.index, f.start, f.fh[0], payload, plain, &mut out)?;
+        // Resized, not cleared: every byte up to `plain` is overwritten.
+        out.resize(plain, 0);
+        inflate_exact(name, f.index, f.start, f.fh[0], payload, &mut out)?;
         let cv = tree_hash::chunk_cv(&out, f.index * cs);
         Ok((out, cv))
     };
+    // Every chunk is opened on a worker; this thread only hands plaintext to
+    // `sink` in order. The sink usually writes a file: when this thread also
+    // decoded its share, its writes held up the chunks the others had ready.
     let threads = threads.min(frames.len());
     let mut cvs = Vec::with_capacity(frames.len());
     std::thread::scope(|scope| -> Result<(), CodecError> {
-        let mut opened = Vec::with_capacity(threads - 1);
-        let mut returned = Vec::with_capacity(threads - 1);
-        for k in 1..threads {
+        let mut opened = Vec::with_capacity(threads);
+        let mut returned = Vec::with_capacity(threads);
+        for k in 0..threads {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
             opened.push(rx);
@@ -641,25 +673,16 @@ pub fn decode_parallel(
                 }
             });
         }
-        let (mut body, mut spare) = (Vec::new(), Vec::new());
-        for (i, f) in frames.iter().enumerate() {
+        for i in 0..frames.len() {
             let k = i % threads;
-            let (plain, cv) = match k {
-                0 => open(f, &mut body, std::mem::take(&mut spare))?,
-                k => opened[k - 1].recv().map_err(|_| CodecError::Invalid {
-                    name: name.into(),
-                    reason: "a decoding thread stopped".into(),
-                })??,
-            };
+            let (plain, cv) = opened[k].recv().map_err(|_| CodecError::Invalid {
+                name: name.into(),
+                reason: "a decoding thread stopped".into(),
+            })??;
             cvs.push(cv);
             sink(&plain)?;
-            match k {
-                0 => spare = plain,
-                // A worker that finished has no use for it: ignore the error.
-                k => {
-                    let _ = returned[k - 1].send(plain);
-                }
-            }
+            // A worker that finished has no use for it: ignore the error.
+            let _ = returned[k].send(plain);
         }
         Ok(())
     })?;
