@@ -55,8 +55,11 @@ pub fn run(command: Command, settings: Settings, global: &GlobalArgs) -> ExitCod
         Command::Check(args) => {
             multi_thread().and_then(|rt| rt.block_on(check::run(&settings, &args)))
         }
-        Command::PrefetchWorker(args) => multi_thread()
-            .and_then(|rt| rt.block_on(archive_get::prefetch_worker(&settings, &args))),
+        Command::PrefetchWorker(args) => {
+            crate::repo::prefetch::background_priority();
+            multi_thread()
+                .and_then(|rt| rt.block_on(archive_get::prefetch_worker(&settings, &args)))
+        }
         Command::Stream(args) => {
             multi_thread().and_then(|rt| rt.block_on(stream::run(&settings, &args)))
         }
