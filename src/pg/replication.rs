@@ -491,6 +491,8 @@ pub struct WalStream {
     write: Lsn,
     flush: Lsn,
     apply: Lsn,
+    /// The write position of the last status update sent.
+    sent_write: Lsn,
     interval: Duration,
     next_status: Instant,
     state: StreamState,
@@ -503,6 +505,7 @@ impl WalStream {
             write: Lsn(0),
             flush: Lsn(0),
             apply: Lsn(0),
+            sent_write: Lsn(0),
             interval: DEFAULT_STATUS_INTERVAL,
             next_status: Instant::now() + DEFAULT_STATUS_INTERVAL,
             state,
@@ -601,8 +604,15 @@ impl WalStream {
             "standby status update"
         );
         self.conn.send_copy_data(&msg).await?;
+        self.sent_write = self.write;
         self.next_status = Instant::now() + self.interval;
         Ok(())
+    }
+
+    /// How far the write position set with `set_positions` is ahead of the
+    /// one last reported to the server.
+    pub fn unreported_write(&self) -> u64 {
+        self.write.0.saturating_sub(self.sent_write.0)
     }
 
     /// After EndOfTimeline: sends our CopyDone, reads the result set (next tli, switch point) and CommandComplete /
