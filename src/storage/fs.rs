@@ -76,11 +76,17 @@ impl FsStorage {
         let path = self.path_of(key);
         let key = key.to_string();
         tokio::task::spawn_blocking(move || {
+            let mut written = 0u64;
             write_atomic(&path, &key, mode, |file, tmp| loop {
                 match rx.blocking_recv() {
-                    Some(Piece::Data(data)) => file
-                        .write_all(&data)
-                        .map_err(|e| StorageError::from_io("write", tmp, e))?,
+                    Some(Piece::Data(data)) => {
+                        file.write_all(&data)
+                            .map_err(|e| StorageError::from_io("write", tmp, e))?;
+                        // Streamed objects are WAL arriving: the fsync at the
+                        // end then waits for the last piece only.
+                        super::writeback::start(file, written, data.len() as u64);
+                        written += data.len() as u64;
+                    }
                     Some(Piece::Finish) => return Ok(()),
                     None => {
                         return Err(StorageError::Aborted {

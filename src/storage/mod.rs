@@ -12,6 +12,7 @@ mod error;
 mod fs;
 pub mod mapped;
 mod s3;
+pub mod writeback;
 
 use std::path::PathBuf;
 
