@@ -60,14 +60,12 @@ async fn fetch(settings: &Settings, args: &ArchiveGetArgs) -> anyhow::Result<Fet
     if settings.prefetch.depth > 0 && is_segment {
         match PrefetchSpool::open(settings) {
             Ok(spool) => {
-                let (walfile, dest) = (args.walfile.clone(), args.dest.clone());
-                let (served, ahead) = tokio::task::spawn_blocking(move || {
-                    let served = spool.serve(&walfile, &dest);
-                    (served, spool.prune(&walfile))
-                })
-                .await
-                .context("spool task failed")?;
-                spooled_ahead = ahead;
+                // Blocking calls on the runtime's only thread, on purpose:
+                // nothing else runs yet, and a hop to a blocking-pool thread
+                // (a thread start and two wake-ups) sat on replay's critical
+                // path for every segment.
+                let served = spool.serve(&args.walfile, &args.dest);
+                spooled_ahead = spool.prune(&args.walfile);
                 if served? {
                     return Ok(Fetched::Written { spooled_ahead });
                 }
