@@ -148,6 +148,17 @@ impl Streamer {
         }
     }
 
+    /// Sends `sig` (`-TERM`, `-INT`) without waiting.
+    fn send(&self, sig: &str) {
+        let child = self.child.as_ref().expect("streamer running");
+        let ok = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
     /// kill -9.
     fn kill9(&mut self) {
         let mut child = self.child.take().expect("streamer running");
@@ -870,6 +881,75 @@ fn repository_down_for_30_seconds() {
         || slot_flush(&cluster).unwrap() >= written,
     );
     assert!(streamer.stop().success(), "{}", streamer.log());
+    assert_verify_ok(&repo);
+}
+
+/// A stop asked while the repository is down drains (retries the store);
+/// asked a second time it stops at once with exit 1, and the next start
+/// stores what was left: nothing is lost.
+#[test]
+fn second_signal_cuts_the_drain_short_and_loses_nothing() {
+    let scratch = Scratch::new("walship-stream-");
+    let spool = scratch.user_dir("spool");
+    let mut s3 = S3Server::start();
+    let repo = RepoEnv(s3.env("stream"));
+    let cluster = source_cluster(&[]);
+    cluster.pgbench_init(1);
+    let log = scratch.path("stream.log");
+    let start = |log: &Path| {
+        Streamer::start(
+            &cluster.socket_conninfo(),
+            &repo,
+            &spool,
+            &["--partial-interval", "1"],
+            log,
+        )
+    };
+    let mut streamer = start(&log);
+    let before = current_flush_lsn(&cluster);
+    wait_until(
+        "the first WAL in S3",
+        Duration::from_secs(30),
+        || streamer.log(),
+        || stored_end_covers(&repo, &scratch, 1, before),
+    );
+    s3.stop();
+    cluster.pgbench(&["-T", "3", "-c", "1", "-n"]);
+    let written = current_flush_lsn(&cluster);
+    wait_until(
+        "the WAL written during the outage in the spool",
+        Duration::from_secs(30),
+        || streamer.log(),
+        || spool_covers(&spool, 1, written),
+    );
+    streamer.send("-TERM");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        streamer.wait_exit(Duration::from_millis(10)).is_none(),
+        "stopped before draining, with the repository down:\n{}",
+        streamer.log()
+    );
+    streamer.send("-INT");
+    let status = streamer
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("a second signal did not stop it:\n{}", streamer.log()));
+    assert_eq!(status.code(), Some(1), "{}", streamer.log());
+    assert!(
+        streamer.log().contains("SIGINT again"),
+        "{}",
+        streamer.log()
+    );
+
+    s3.start_again();
+    let log2 = scratch.path("stream2.log");
+    let mut again = start(&log2);
+    wait_until(
+        "the WAL left in the spool stored by the next start",
+        Duration::from_secs(90),
+        || again.log(),
+        || stored_end_covers(&repo, &scratch, 1, written),
+    );
+    assert!(again.stop().success(), "{}", again.log());
     assert_verify_ok(&repo);
 }
 

@@ -10,7 +10,8 @@ use crate::cli::StreamArgs;
 use crate::config::Settings;
 use crate::stream::{self, StreamOptions};
 
-/// Runs `walship stream`; exit 0 after a clean stop on SIGTERM or SIGINT.
+/// Runs `walship stream`; exit 0 after a clean stop on SIGTERM or SIGINT, 1
+/// when a second signal cut the final drain short.
 pub async fn run(settings: &Settings, args: &StreamArgs) -> anyhow::Result<ExitCode> {
     // Usage errors: exit 2, as the interface says.
     let Some(spool) = args.spool.clone() else {
@@ -31,11 +32,24 @@ pub async fn run(settings: &Settings, args: &StreamArgs) -> anyhow::Result<ExitC
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: storing the partial segment and stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: storing the partial segment and stopping"),
-        }
+        let first = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        };
+        tracing::info!(
+            "{first}: storing the partial segment and stopping (a second signal stops at once)"
+        );
         let _ = tx.send(true);
+        // The drain retries for up to a minute when the repository is down;
+        // an operator who asks twice gets the process back. Stopping here is
+        // what kill -9 does, which the spool and the slot are built for: the
+        // slot keeps everything not stored, and the next start stores it.
+        let again = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        };
+        tracing::warn!("{again} again: stopping without waiting for the repository; WAL not yet stored stays in the spool and the slot and is stored at the next start");
+        std::process::exit(1);
     });
     stream::run(settings, &opts, rx)
         .await
