@@ -14,6 +14,7 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::repo::{damage_bundled_chunk, open_repo};
 use support::s3::S3Server;
 use support::{run_walship, walship_bin, Cluster};
 use walship::config::{FlagValues, Settings};
@@ -103,13 +104,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// Opens the repository in-process with `env`'s settings.
-fn open_repo(rt: &tokio::runtime::Runtime, env: &[(String, String)]) -> Arc<Repository> {
-    let lookup = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let settings = Settings::resolve_with(&FlagValues::default(), &lookup).unwrap();
-    Arc::new(rt.block_on(Repository::open(&settings)).unwrap())
 }
 
 /// The backup's file list and checksums equal the server's backup_manifest
@@ -343,20 +337,7 @@ fn backup_matches_the_server_manifest_and_deduplicates() {
 
     // A damaged chunk is found and named.
     let victim = m1.files.iter().find(|f| f.size >= 1 << 20).unwrap().chunks[0].clone();
-    // New chunks live in bundles; flip a byte in the middle of this one's bytes.
-    let walship::repo::backup::ChunkLocation::Bundle {
-        bundle,
-        offset,
-        stored_len,
-    } = &victim.at
-    else {
-        panic!("new chunks are bundled: {victim:?}");
-    };
-    let path = repo_dir.join(walship::repo::chunks::bundle_key("main", bundle));
-    let mut bytes = fs::read(&path).unwrap();
-    let mid = (offset + stored_len / 2) as usize;
-    bytes[mid] ^= 0x40;
-    fs::write(&path, bytes).unwrap();
+    damage_bundled_chunk(&repo_dir, &victim);
     let o = walship(&["verify", "--json"], &env);
     assert_eq!(o.status.code(), Some(1), "verify must fail: {}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -11,11 +11,8 @@
 
 mod support;
 
+use support::repo::{damage_bundled_chunk, open_repo};
 use support::scratch::Scratch;
-use walship::config::{FlagValues, Settings};
-use walship::repo::backup::ChunkLocation;
-use walship::repo::chunks::bundle_key;
-use walship::repo::Repository;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -578,11 +575,8 @@ fn bad_missing_segment_in_the_middle_is_named_before_writing() {
 #[test]
 fn bad_corrupt_chunk_stops_the_restore_naming_it() {
     let s = small();
-    // Chunks live in bundles: flip a byte in the middle of one chunk's bytes.
-    let lookup = |k: &str| s.env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
-    let settings = Settings::resolve_with(&FlagValues::default(), &lookup).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let repo = rt.block_on(Repository::open(&settings)).unwrap();
+    let repo = open_repo(&rt, &s.env);
     let manifest = rt.block_on(repo.load_backup(&s.backup)).unwrap().unwrap();
     let victim = manifest
         .files
@@ -592,21 +586,8 @@ fn bad_corrupt_chunk_stops_the_restore_naming_it() {
         .next()
         .expect("a chunk of a relation file")
         .clone();
-    let ChunkLocation::Bundle {
-        bundle,
-        offset,
-        stored_len,
-    } = &victim.at
-    else {
-        panic!("new chunks are bundled: {victim:?}");
-    };
+    damage_bundled_chunk(&s.scratch.path("repo"), &victim);
     let id = victim.id.clone();
-    let path = s
-        .scratch
-        .path(&format!("repo/{}", bundle_key("main", bundle)));
-    let mut bytes = fs::read(&path).unwrap();
-    bytes[(offset + stored_len / 2) as usize] ^= 0x40;
-    fs::write(&path, bytes).unwrap();
     let dir = s.scratch.path("r");
     let err = restore_fails(&s.env, &dir, &[]);
     assert!(

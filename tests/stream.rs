@@ -822,38 +822,70 @@ fn slot_held_by_another_process() {
     assert!(second.stop().success(), "{}", second.log());
 }
 
+/// A cluster streaming to a real S3 server with `--partial-interval 1`.
+struct ToS3 {
+    scratch: Scratch,
+    spool: PathBuf,
+    s3: S3Server,
+    repo: RepoEnv,
+    cluster: Cluster,
+}
+
+impl ToS3 {
+    fn new() -> ToS3 {
+        let scratch = Scratch::new("walship-stream-");
+        let spool = scratch.user_dir("spool");
+        let s3 = S3Server::start();
+        let repo = RepoEnv(s3.env("stream"));
+        let cluster = source_cluster(&[]);
+        cluster.pgbench_init(1);
+        ToS3 {
+            scratch,
+            spool,
+            s3,
+            repo,
+            cluster,
+        }
+    }
+
+    /// Starts a streamer logging to `log_name` in the scratch directory.
+    fn start(&self, log_name: &str) -> Streamer {
+        Streamer::start(
+            &self.cluster.socket_conninfo(),
+            &self.repo,
+            &self.spool,
+            &["--partial-interval", "1"],
+            &self.scratch.path(log_name),
+        )
+    }
+
+    /// Waits until the WAL written so far is stored in S3.
+    fn wait_first_wal(&self, streamer: &Streamer) {
+        let before = current_flush_lsn(&self.cluster);
+        wait_until(
+            "the first WAL in S3",
+            Duration::from_secs(30),
+            || streamer.log(),
+            || stored_end_covers(&self.repo, &self.scratch, 1, before),
+        );
+    }
+}
+
 /// The repository (a real S3 server) down for 30 s: WAL waits in the spool
 /// and the slot, the flush position reported does not pass what is stored,
 /// and the streamer catches up when the server is back.
 #[test]
 fn repository_down_for_30_seconds() {
-    let scratch = Scratch::new("walship-stream-");
-    let spool = scratch.user_dir("spool");
-    let mut s3 = S3Server::start();
-    let repo = RepoEnv(s3.env("stream"));
-    let cluster = source_cluster(&[]);
-    cluster.pgbench_init(1);
-    let log = scratch.path("stream.log");
-    let mut streamer = Streamer::start(
-        &cluster.socket_conninfo(),
-        &repo,
-        &spool,
-        &["--partial-interval", "1"],
-        &log,
-    );
-    let before = current_flush_lsn(&cluster);
-    wait_until(
-        "the first WAL in S3",
-        Duration::from_secs(30),
-        || streamer.log(),
-        || stored_end_covers(&repo, &scratch, 1, before),
-    );
-    s3.stop();
+    let mut t = ToS3::new();
+    let mut streamer = t.start("stream.log");
+    t.wait_first_wal(&streamer);
+    let (scratch, repo, cluster) = (&t.scratch, &t.repo, &t.cluster);
+    t.s3.stop();
     std::thread::sleep(Duration::from_secs(2));
-    let flush_at_outage = slot_flush(&cluster).unwrap();
+    let flush_at_outage = slot_flush(cluster).unwrap();
     cluster.pgbench(&["-T", "28", "-c", "1", "-n", "-R", "400"]);
-    let during = slot_flush(&cluster).unwrap();
-    let written = current_flush_lsn(&cluster);
+    let during = slot_flush(cluster).unwrap();
+    let written = current_flush_lsn(cluster);
     assert_eq!(
         during, flush_at_outage,
         "the flush position moved while the repository was down"
@@ -867,21 +899,21 @@ fn repository_down_for_30_seconds() {
         "{}",
         streamer.log()
     );
-    s3.start_again();
+    t.s3.start_again();
     wait_until(
         "catching up after the outage",
         Duration::from_secs(90),
         || streamer.log(),
-        || stored_end_covers(&repo, &scratch, 1, written),
+        || stored_end_covers(repo, scratch, 1, written),
     );
     wait_until(
         "the slot to follow",
         Duration::from_secs(30),
         || streamer.log(),
-        || slot_flush(&cluster).unwrap() >= written,
+        || slot_flush(cluster).unwrap() >= written,
     );
     assert!(streamer.stop().success(), "{}", streamer.log());
-    assert_verify_ok(&repo);
+    assert_verify_ok(repo);
 }
 
 /// A stop asked while the repository is down drains (retries the store);
@@ -889,38 +921,18 @@ fn repository_down_for_30_seconds() {
 /// stores what was left: nothing is lost.
 #[test]
 fn second_signal_cuts_the_drain_short_and_loses_nothing() {
-    let scratch = Scratch::new("walship-stream-");
-    let spool = scratch.user_dir("spool");
-    let mut s3 = S3Server::start();
-    let repo = RepoEnv(s3.env("stream"));
-    let cluster = source_cluster(&[]);
-    cluster.pgbench_init(1);
-    let log = scratch.path("stream.log");
-    let start = |log: &Path| {
-        Streamer::start(
-            &cluster.socket_conninfo(),
-            &repo,
-            &spool,
-            &["--partial-interval", "1"],
-            log,
-        )
-    };
-    let mut streamer = start(&log);
-    let before = current_flush_lsn(&cluster);
-    wait_until(
-        "the first WAL in S3",
-        Duration::from_secs(30),
-        || streamer.log(),
-        || stored_end_covers(&repo, &scratch, 1, before),
-    );
-    s3.stop();
+    let mut t = ToS3::new();
+    let mut streamer = t.start("stream.log");
+    t.wait_first_wal(&streamer);
+    let (scratch, spool, repo, cluster) = (&t.scratch, &t.spool, &t.repo, &t.cluster);
+    t.s3.stop();
     cluster.pgbench(&["-T", "3", "-c", "1", "-n"]);
-    let written = current_flush_lsn(&cluster);
+    let written = current_flush_lsn(cluster);
     wait_until(
         "the WAL written during the outage in the spool",
         Duration::from_secs(30),
         || streamer.log(),
-        || spool_covers(&spool, 1, written),
+        || spool_covers(spool, 1, written),
     );
     streamer.send("-TERM");
     std::thread::sleep(Duration::from_secs(2));
@@ -940,17 +952,16 @@ fn second_signal_cuts_the_drain_short_and_loses_nothing() {
         streamer.log()
     );
 
-    s3.start_again();
-    let log2 = scratch.path("stream2.log");
-    let mut again = start(&log2);
+    t.s3.start_again();
+    let mut again = t.start("stream2.log");
     wait_until(
         "the WAL left in the spool stored by the next start",
         Duration::from_secs(90),
         || again.log(),
-        || stored_end_covers(&repo, &scratch, 1, written),
+        || stored_end_covers(repo, scratch, 1, written),
     );
     assert!(again.stop().success(), "{}", again.log());
-    assert_verify_ok(&repo);
+    assert_verify_ok(repo);
 }
 
 /// The spool's disk full (a tiny tmpfs): a clear error, nothing corrupt, no

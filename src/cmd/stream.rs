@@ -32,10 +32,7 @@ pub async fn run(settings: &Settings, args: &StreamArgs) -> anyhow::Result<ExitC
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::spawn(async move {
-        let first = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        };
+        let first = next_signal(&mut term).await;
         tracing::info!(
             "{first}: storing the partial segment and stopping (a second signal stops at once)"
         );
@@ -44,10 +41,7 @@ pub async fn run(settings: &Settings, args: &StreamArgs) -> anyhow::Result<ExitC
         // an operator who asks twice gets the process back. Stopping here is
         // what kill -9 does, which the spool and the slot are built for: the
         // slot keeps everything not stored, and the next start stores it.
-        let again = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        };
+        let again = next_signal(&mut term).await;
         tracing::warn!("{again} again: stopping without waiting for the repository; WAL not yet stored stays in the spool and the slot and is stored at the next start");
         std::process::exit(1);
     });
@@ -55,4 +49,12 @@ pub async fn run(settings: &Settings, args: &StreamArgs) -> anyhow::Result<ExitC
         .await
         .context("walship stream")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for SIGTERM or SIGINT; returns its name.
+async fn next_signal(term: &mut tokio::signal::unix::Signal) -> &'static str {
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
 }

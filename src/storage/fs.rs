@@ -82,8 +82,9 @@ impl FsStorage {
                     Some(Piece::Data(data)) => {
                         file.write_all(&data)
                             .map_err(|e| StorageError::from_io("write", tmp, e))?;
-                        // Streamed objects are WAL arriving: the fsync at the
-                        // end then waits for the last piece only.
+                        // Streamed objects are WAL segments (archive-push,
+                        // stream): the fsync at the end then waits for the
+                        // last piece only.
                         super::writeback::start(file, written, data.len() as u64);
                         written += data.len() as u64;
                     }

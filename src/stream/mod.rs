@@ -865,19 +865,22 @@ impl Streamer {
 
     /// Writes what the spool buffers for the segment in progress.
     fn flush_current(&mut self) -> Result<(), StreamError> {
-        if let Some(c) = self.current.as_mut() {
-            if let Err(e) = self.spool.flush(c) {
-                self.position = Some(c.end(self.seg_size));
-                return Err(e);
-            }
-        }
-        self.announce_tail();
-        Ok(())
+        self.on_current(Spool::flush)
     }
 
+    /// Writes what the spool buffers for the segment in progress and fsyncs it.
     fn sync_current(&mut self) -> Result<(), StreamError> {
+        self.on_current(Spool::sync)
+    }
+
+    /// Applies `op` to the segment in progress; when it fails, what the spool
+    /// had buffered is gone, so the position falls back to what the file holds.
+    fn on_current(
+        &mut self,
+        op: fn(&Spool, &mut InProgress) -> Result<(), StreamError>,
+    ) -> Result<(), StreamError> {
         if let Some(c) = self.current.as_mut() {
-            if let Err(e) = self.spool.sync(c) {
+            if let Err(e) = op(&self.spool, c) {
                 self.position = Some(c.end(self.seg_size));
                 return Err(e);
             }

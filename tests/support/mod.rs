@@ -4,6 +4,7 @@
 
 pub mod pg;
 pub mod repl;
+pub mod repo;
 pub mod restored;
 pub mod s3;
 pub mod scratch;
