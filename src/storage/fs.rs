@@ -27,12 +27,14 @@ pub struct FsStorage {
 }
 
 impl FsStorage {
-    /// Opens (creating with mode 0700 when missing) the repository directory.
-    pub async fn open(root: &Path) -> Result<FsStorage, StorageError> {
-        let root = root.to_path_buf();
-        let dir = root.clone();
-        blocking(move || create_dirs(&dir)).await?;
-        Ok(FsStorage { root })
+    /// A repository in `root`. Nothing is created here: the first write
+    /// creates the directory (mode 0700), so that a read (`info`,
+    /// `archive-get`, a read-ahead worker) of a mistyped or removed path
+    /// reports an empty repository instead of leaving a directory behind.
+    pub fn open(root: &Path) -> FsStorage {
+        FsStorage {
+            root: root.to_path_buf(),
+        }
     }
 
     /// The repository directory.
@@ -457,6 +459,29 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().collect();
         assert!(left.is_empty(), "left behind: {left:?}");
         assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn reads_of_a_missing_repository_create_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("typo/repo");
+        let fs = FsStorage::open(&root);
+        assert!(fs.get_bytes("main/stanza").await.unwrap().is_none());
+        assert!(fs.head("main/stanza").await.unwrap().is_none());
+        assert!(fs.list("main/").await.unwrap().is_empty());
+        assert!(
+            !dir.path().join("typo").exists(),
+            "a read created the directory"
+        );
+
+        fs.put("main/stanza", Bytes::from_static(b"x"), PutMode::IfAbsent)
+            .await
+            .unwrap();
+        for d in [dir.path().join("typo"), root.clone(), root.join("main")] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
     }
 
     #[test]

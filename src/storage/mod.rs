@@ -105,7 +105,7 @@ impl Storage {
         tuning: &S3Tuning,
     ) -> Result<Storage, StorageError> {
         match location {
-            RepoLocation::Fs(root) => Ok(Storage::Fs(FsStorage::open(root).await?)),
+            RepoLocation::Fs(root) => Ok(Storage::Fs(FsStorage::open(root))),
             RepoLocation::S3 { bucket, prefix } => Ok(Storage::S3(
                 S3Storage::open(bucket, prefix, s3, tuning.clone()).await?,
             )),
