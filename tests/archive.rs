@@ -355,6 +355,32 @@ fn tampered_objects_stop_recovery_with_the_object_named() {
     assert!(fs::read(&dest).unwrap() == fs::read(&sample.segments[0].1).unwrap());
 }
 
+/// An object that is authentic for its name (sealed with the repository's key
+/// under that name) but holds another segment's bytes: the first-page check
+/// refuses it before anything is written.
+#[test]
+fn an_authentic_object_holding_another_segment_is_not_served() {
+    let sample = wal_sample();
+    let scratch = Scratch::new("walship-archive-");
+    let repo = scratch.path("repo");
+    let key = scratch.key_file("key", KEY_HEX);
+    let env = fs_env(&repo, Some(&key));
+    for (_, path) in &sample.segments {
+        assert!(push(path, &env).status.success());
+    }
+    let (a, _) = &sample.segments[0];
+    let (_, b_path) = &sample.segments[1];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = support::repo::open_repo(&rt, &env);
+    let seg_size = r.seg_size().unwrap();
+    let name = walship::pg::wal::segment::WalFileName::parse(a, seg_size).unwrap();
+    let object_key = walship::repo::layout::wal_object("main", &name, seg_size);
+    let (sealed, _) =
+        walship::codec::encode_bytes(&object_key, &fs::read(b_path).unwrap(), r.codec()).unwrap();
+    fs::write(object_path(&repo, a), sealed).unwrap();
+    get_fails_fatally(a, &env, &scratch, "its first page is for LSN");
+}
+
 #[test]
 fn wrong_or_missing_key_is_named_as_such() {
     let sample = wal_sample();

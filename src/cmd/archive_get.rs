@@ -80,10 +80,11 @@ async fn fetch(settings: &Settings, args: &ArchiveGetArgs) -> anyhow::Result<Fet
     let name = WalFileName::parse(&args.walfile, seg_size)
         .with_context(|| format!("`{}` is not a WAL file name", args.walfile))?;
     if let Some(stored) = repo.fetch_wal_object(&name).await? {
-        // Decoded a chunk at a time straight into the destination's temp file.
+        // Decoded straight into the destination's temp file, each thread
+        // writing the chunks it decoded.
         let repo = Arc::new(repo);
         write_file(&args.dest, move |f| {
-            repo.decode_wal_into(&name, &stored, f)?;
+            repo.decode_wal_to_file(&name, &stored, f)?;
             Ok(())
         })
         .await?;

@@ -18,23 +18,53 @@ fn decode_both(
 ) -> Result<(Vec<u8>, ObjectSummary), CodecError> {
     let sequential = decode_bytes(name, stored, key.clone());
     let mut plain = Vec::new();
-    let parallel = decode_parallel(name, stored, key, 3, &mut |p| {
+    let parallel = decode_parallel(name, stored, key.clone(), 3, &mut |p| {
         plain.extend_from_slice(p);
         Ok(())
     });
-    match (&sequential, &parallel) {
-        (Ok((a, sa)), Ok(sb)) => {
-            assert!(*a == plain, "{name}: parallel plaintext differs");
-            assert_eq!(sa, sb, "{name}: summaries differ");
+    agree(name, "parallel", &sequential, &parallel, &plain);
+    let at = std::sync::Mutex::new(Vec::new());
+    let positional = decode_parallel_at(name, stored, key, 3, &|offset, p| {
+        let mut at = at.lock().unwrap();
+        let end = offset as usize + p.len();
+        if at.len() < end {
+            at.resize(end, 0);
         }
-        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{name}: errors differ"),
+        at[offset as usize..end].copy_from_slice(p);
+        Ok(())
+    });
+    agree(
+        name,
+        "positional",
+        &sequential,
+        &positional,
+        &at.into_inner().unwrap(),
+    );
+    sequential
+}
+
+/// The same plaintext and summary, or the same error.
+fn agree(
+    name: &str,
+    what: &str,
+    sequential: &Result<(Vec<u8>, ObjectSummary), CodecError>,
+    other: &Result<ObjectSummary, CodecError>,
+    plain: &[u8],
+) {
+    match (sequential, other) {
+        (Ok((a, sa)), Ok(sb)) => {
+            assert!(*a == plain, "{name}: {what} plaintext differs");
+            assert_eq!(sa, sb, "{name}: {what} summaries differ");
+        }
+        (Err(a), Err(b)) => {
+            assert_eq!(a.to_string(), b.to_string(), "{name}: {what} errors differ")
+        }
         (a, b) => panic!(
-            "{name}: sequential {:?} but parallel {:?}",
+            "{name}: sequential {:?} but {what} {:?}",
             a.as_ref().err(),
             b.as_ref().err()
         ),
     }
-    sequential
 }
 
 fn key(seed: u8) -> Arc<Key> {

@@ -308,35 +308,69 @@ impl Repository {
         Ok(Some(data))
     }
 
-    /// Fetches one WAL file, verified: authenticated and checksummed by the
-    /// codec, and for segments checked against the stanza. `None` only when
-    /// no object exists under that name.
     /// Fetches the stored (still encoded) object of a WAL file, for
-    /// [`decode_wal_into`](Self::decode_wal_into); `None` when it does not exist.
+    /// [`decode_wal_to_file`](Self::decode_wal_to_file); `None` when it does
+    /// not exist.
     pub async fn fetch_wal_object(&self, name: &WalFileName) -> Result<Option<Bytes>, RepoError> {
         let key = layout::wal_object(&self.stanza().name, name, self.seg_size()?);
         Ok(self.storage().get_bytes(&key).await?)
     }
 
-    /// Decodes a stored WAL object into `out` a chunk at a time (memory: one
-    /// chunk, not the segment), with the verification of
-    /// [`fetch_wal`](Self::fetch_wal): authenticity and checksum by the codec,
-    /// the first page and the length against the stanza. On an error, what was
+    /// Decodes a stored WAL object into `file` (from offset 0) on up to four
+    /// threads, each writing the chunks it decoded at their offsets, with the
+    /// verification of [`fetch_wal`](Self::fetch_wal): authenticity and
+    /// checksum by the codec, the first page and the length against the
+    /// stanza (checked before anything is written). On an error, what was
     /// written is not to be used. Returns the plaintext length.
-    pub fn decode_wal_into(
+    pub fn decode_wal_to_file(
         &self,
         name: &WalFileName,
         stored: &[u8],
-        out: &mut dyn std::io::Write,
+        file: &std::fs::File,
     ) -> Result<u64, RepoError> {
+        use std::os::unix::fs::FileExt;
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
             .min(4);
-        self.decode_wal_into_with(name, stored, out, threads)
+        let key = layout::wal_object(&self.stanza().name, name, self.seg_size()?);
+        let gate = std::sync::Mutex::new(FirstPageGate::new(stored, &key)?);
+        let failure = std::sync::Mutex::new(None);
+        let write_at = |offset: u64, plain: &[u8]| {
+            let written = (|| {
+                let mut gate = gate.lock().unwrap_or_else(|e| e.into_inner());
+                let (offset, bytes) = match gate.pass(self, name, plain)? {
+                    Passed::Now => (offset, std::borrow::Cow::Borrowed(plain)),
+                    Passed::WithHead(head) => (0, std::borrow::Cow::Owned(head)),
+                    Passed::HeldBack => return Ok(()),
+                };
+                drop(gate);
+                file.write_all_at(&bytes, offset)
+                    .map_err(|source| RepoError::Output {
+                        key: key.clone(),
+                        source,
+                    })
+            })();
+            written.map_err(|e| stop_output(&failure, &key, e))
+        };
+        let decoded =
+            codec::decode_parallel_at(&key, stored, self.codec().key.clone(), threads, &write_at);
+        if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
+        let summary = decoded?;
+        let gate = gate.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Some(head) = gate.finish(self, name, summary.plain_len)? {
+            file.write_all_at(&head, 0)
+                .map_err(|source| RepoError::Output { key, source })?;
+        }
+        Ok(summary.plain_len)
     }
 
-    /// [`decode_wal_into`](Self::decode_wal_into) on at most `threads` threads.
+    /// Decodes a stored WAL object into `out` in order, on at most `threads`
+    /// threads, with the verification of
+    /// [`decode_wal_to_file`](Self::decode_wal_to_file). Memory: a chunk per
+    /// thread, not the segment.
     pub fn decode_wal_into_with(
         &self,
         name: &WalFileName,
@@ -345,58 +379,36 @@ impl Repository {
         threads: usize,
     ) -> Result<u64, RepoError> {
         let key = layout::wal_object(&self.stanza().name, name, self.seg_size()?);
-        let total = codec::read_header(stored)?.plain_len;
-        // The first page is checked before anything is written.
-        let mut head = Vec::new();
-        let mut checked = false;
-        let mut failure = None;
+        let mut gate = FirstPageGate::new(stored, &key)?;
+        let failure = std::sync::Mutex::new(None);
         let decoded = codec::decode_parallel(
             &key,
             stored,
             self.codec().key.clone(),
             threads,
             &mut |plain| {
-                let result = if checked {
-                    out.write_all(plain).map_err(|source| RepoError::Output {
+                let written = match gate.pass(self, name, plain) {
+                    Ok(Passed::Now) => out.write_all(plain),
+                    Ok(Passed::WithHead(head)) => out.write_all(&head),
+                    Ok(Passed::HeldBack) => Ok(()),
+                    Err(e) => return Err(stop_output(&failure, &key, e)),
+                };
+                written.map_err(|source| {
+                    let e = RepoError::Output {
                         key: key.clone(),
                         source,
-                    })
-                } else {
-                    head.extend_from_slice(plain);
-                    if head.len() as u64 >= total.min(8192) && !head.is_empty() {
-                        checked = true;
-                        self.check_segment_start(name, &head, total, &key)
-                            .and_then(|()| {
-                                out.write_all(&std::mem::take(&mut head)).map_err(|source| {
-                                    RepoError::Output {
-                                        key: key.clone(),
-                                        source,
-                                    }
-                                })
-                            })
-                    } else {
-                        Ok(())
-                    }
-                };
-                result.map_err(|e| {
-                    failure = Some(e);
-                    codec::CodecError::Invalid {
-                        name: key.clone(),
-                        reason: "output stopped".into(),
-                    }
+                    };
+                    stop_output(&failure, &key, e)
                 })
             },
         );
-        if let Some(e) = failure {
+        if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err(e);
         }
         let summary = decoded?;
-        if !checked {
-            self.check_segment_start(name, &head, summary.plain_len, &key)?;
-            out.write_all(&head).map_err(|source| RepoError::Output {
-                key: key.clone(),
-                source,
-            })?;
+        if let Some(head) = gate.finish(self, name, summary.plain_len)? {
+            out.write_all(&head)
+                .map_err(|source| RepoError::Output { key, source })?;
         }
         Ok(summary.plain_len)
     }
@@ -409,6 +421,88 @@ impl Repository {
         };
         self.check_segment(name, &data, &key)?;
         Ok(Some(data))
+    }
+}
+
+/// Holds back the start of a segment being decoded until its first page
+/// (8 KiB, or all of a smaller object) has been checked against the stanza:
+/// nothing of a segment that is not what its name says is written. Until
+/// then the plaintext arrives in order from offset 0 (the decoders write
+/// chunk 0 before any other).
+struct FirstPageGate {
+    key: String,
+    total: u64,
+    head: Vec<u8>,
+    checked: bool,
+}
+
+/// What [`FirstPageGate::pass`] lets through.
+enum Passed {
+    /// The first page was checked earlier: write this piece where it goes.
+    Now,
+    /// The first page checks out with this piece: write all held back so
+    /// far (it starts at offset 0).
+    WithHead(Vec<u8>),
+    /// Not enough for the first page yet: nothing to write.
+    HeldBack,
+}
+
+impl FirstPageGate {
+    fn new(stored: &[u8], key: &str) -> Result<FirstPageGate, RepoError> {
+        Ok(FirstPageGate {
+            key: key.to_string(),
+            total: codec::read_header(stored)?.plain_len,
+            head: Vec::new(),
+            checked: false,
+        })
+    }
+
+    fn pass(
+        &mut self,
+        repo: &Repository,
+        name: &WalFileName,
+        plain: &[u8],
+    ) -> Result<Passed, RepoError> {
+        if self.checked {
+            return Ok(Passed::Now);
+        }
+        self.head.extend_from_slice(plain);
+        if self.head.is_empty() || (self.head.len() as u64) < self.total.min(8192) {
+            return Ok(Passed::HeldBack);
+        }
+        self.checked = true;
+        repo.check_segment_start(name, &self.head, self.total, &self.key)?;
+        Ok(Passed::WithHead(std::mem::take(&mut self.head)))
+    }
+
+    /// After a successful decode: what is still held back (an object shorter
+    /// than a page, or empty), checked with the object's real length.
+    fn finish(
+        self,
+        repo: &Repository,
+        name: &WalFileName,
+        plain_len: u64,
+    ) -> Result<Option<Vec<u8>>, RepoError> {
+        if self.checked {
+            return Ok(None);
+        }
+        repo.check_segment_start(name, &self.head, plain_len, &self.key)?;
+        Ok(Some(self.head))
+    }
+}
+
+/// Keeps the first output error (the real cause) for the caller, and tells
+/// the decoder to stop.
+fn stop_output(
+    failure: &std::sync::Mutex<Option<RepoError>>,
+    key: &str,
+    e: RepoError,
+) -> codec::CodecError {
+    let mut slot = failure.lock().unwrap_or_else(|e| e.into_inner());
+    slot.get_or_insert(e);
+    codec::CodecError::Invalid {
+        name: key.to_string(),
+        reason: "output stopped".into(),
     }
 }
 
