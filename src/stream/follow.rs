@@ -174,9 +174,13 @@ impl Encoding {
         Ok(())
     }
 
-    /// Feeds the rest and commits the object; for a segment, then writes
-    /// its index entry (the no-overwrite rule of `push_wal` included).
-    async fn commit(mut self, repo: &Repository) -> Result<PushOutcome, StreamError> {
+    /// Feeds the rest and commits the object. For a segment, its index entry
+    /// is left to the caller ([`PendingIndex`]): the WAL is in the repository
+    /// once the object is, and the flush position need not wait for the scan.
+    async fn commit_object(
+        mut self,
+        repo: &Repository,
+    ) -> Result<(PushOutcome, Option<PendingIndex>), StreamError> {
         self.feed(self.plain_len).await?;
         let ctx = format!("storing {}", self.path.display());
         let mut out = Vec::new();
@@ -193,7 +197,7 @@ impl Encoding {
             .map_err(storing(&self.path))?;
         let put_outcome = self.put.finish().await.map_err(storing(&self.path))?;
         let WalFileName::Segment { tli, segno } = self.name else {
-            return Ok(PushOutcome::Stored);
+            return Ok((PushOutcome::Stored, None));
         };
         let seg_size = repo
             .seg_size()
@@ -203,7 +207,53 @@ impl Encoding {
         let outcome = repo
             .settle_wal_put(&self.key, &file_name, put_outcome, &checksum)
             .await
-            .map_err(StreamError::repo(ctx.clone()))?;
+            .map_err(StreamError::repo(ctx))?;
+        let index = PendingIndex {
+            tli,
+            segno,
+            file_name,
+            checksum,
+            file: self.file,
+            path: self.path,
+            plain_len: self.plain_len,
+        };
+        Ok((outcome, Some(index)))
+    }
+
+    /// [`commit_object`](Self::commit_object), then the index entry.
+    async fn commit(self, repo: &Repository) -> Result<PushOutcome, StreamError> {
+        let (outcome, index) = self.commit_object(repo).await?;
+        if let Some(index) = index {
+            index.write(repo).await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn abort(self) {
+        self.put.abort().await;
+    }
+}
+
+/// The index entry of a segment whose object is stored: the scan of its
+/// records (commit times) and the entry itself. Until it is written the
+/// segment's `.ready` spool file stays: after a failure or a crash the file
+/// is pushed again, finds its identical object, and writes the entry then.
+pub struct PendingIndex {
+    tli: TimelineId,
+    segno: u64,
+    file_name: String,
+    checksum: String,
+    file: File,
+    path: PathBuf,
+    plain_len: u64,
+}
+
+impl PendingIndex {
+    /// Scans the segment and writes its index entry.
+    pub async fn write(self, repo: &Repository) -> Result<(), StreamError> {
+        let seg_size = repo
+            .seg_size()
+            .map_err(StreamError::repo("reading the stanza"))?;
         // The index needs the whole segment (records span pages): mapped
         // from the page cache rather than copied. Safety: a `.ready` spool
         // file is only ever removed, never truncated or rewritten, and this
@@ -220,14 +270,19 @@ impl Encoding {
         })?;
         let summary = summarize_segment(&map, seg_size).map_err(|e| e.to_string());
         drop(map);
-        repo.index_segment(tli, segno, &file_name, summary, checksum, self.plain_len)
-            .await
-            .map_err(StreamError::repo(ctx))?;
-        Ok(outcome)
-    }
-
-    async fn abort(self) {
-        self.put.abort().await;
+        repo.index_segment(
+            self.tli,
+            self.segno,
+            &self.file_name,
+            summary,
+            self.checksum,
+            self.plain_len,
+        )
+        .await
+        .map_err(StreamError::repo(format!(
+            "storing {}",
+            self.path.display()
+        )))
     }
 }
 
@@ -297,9 +352,12 @@ impl Follower {
     }
 
     /// The segment is complete (its `.ready` file is the same inode): seals
-    /// the rest, commits the object and writes the index entry.
-    pub async fn finish(self, repo: &Repository) -> Result<PushOutcome, StreamError> {
-        self.enc.commit(repo).await
+    /// the rest and commits the object; its index entry is left to write.
+    pub async fn finish(
+        self,
+        repo: &Repository,
+    ) -> Result<(PushOutcome, Option<PendingIndex>), StreamError> {
+        self.enc.commit_object(repo).await
     }
 
     /// Gives up: nothing is stored.
