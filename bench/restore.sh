@@ -13,6 +13,8 @@
 # untimed for every mode, then the time from `pg_ctl start` to the server leaving recovery
 # (no target: it replays all the WAL, then promotes):
 #   local       every segment copied into pg_wal beforehand, restore_command = 'false' (floor)
+#   cp          restore_command = 'cp <plain copy of the archive>/%f %p': the floor of any
+#               restore_command that copies the bytes (no decoding, no network, no checks)
 #   walship     the restore_command walship restore wrote (archive-get with walship's default
 #               read-ahead: WALSHIP_PREFETCH is removed from PostgreSQL's environment)
 #   walship-pN  the same with WALSHIP_PREFETCH=N (read-ahead of N segments)
@@ -27,7 +29,7 @@ MIB=${BENCH_REPLAY_MIB:-2048}
 for v in "$ITER" "$RITER" "$MIB"; do
   [[ $v =~ ^[1-9][0-9]*$ ]] || die "BENCH_RESTORE_ITER, BENCH_REPLAY_ITER and BENCH_REPLAY_MIB must be positive integers"
 done
-MODES=${BENCH_REPLAY_MODES:-local walship walship-p8 pgbackrest}
+MODES=${BENCH_REPLAY_MODES:-local cp walship walship-p8 pgbackrest}
 
 start_cluster
 wait_archived
@@ -112,6 +114,9 @@ EOF
         chown -R "$BENCH_USER:" "$d/pg_wal"
         echo "restore_command = 'false'" >>"$d/postgresql.auto.conf"
         ;;
+      cp)
+        echo "restore_command = 'cp $PGARCHIVE/%f \"%p\"'" >>"$d/postgresql.auto.conf"
+        ;;
       walship) ;;
       walship-p*)
         [[ ${mode#walship-p} =~ ^[0-9]+$ ]] || die "replay mode '$mode': walship-pN takes a number of segments"
@@ -120,7 +125,7 @@ EOF
       pgbackrest)
         echo "restore_command = 'pgbackrest --config=$PGBR_CONF --stanza=bench --pg1-path=$d --archive-async=y --process-max=2 archive-get %f \"%p\"'" >>"$d/postgresql.auto.conf"
         ;;
-      *) die "unknown replay mode '$mode' (known: local walship walship-pN pgbackrest)" ;;
+      *) die "unknown replay mode '$mode' (known: local cp walship walship-pN pgbackrest)" ;;
     esac
     t0=${EPOCHREALTIME/./}
     as_pg env -u WALSHIP_PREFETCH "${envs[@]}" "$PGBIN/pg_ctl" -D "$d" -l "$LOGS/replay-$mode-$round.log" -W start >/dev/null
