@@ -305,9 +305,16 @@ fn get_fails_fatally(name: &str, env: &[(&'static str, String)], scratch: &Scrat
     assert!(!dest.exists(), "nothing may be written on failure");
 }
 
-#[test]
-fn tampered_objects_stop_recovery_with_the_object_named() {
-    let sample = wal_sample();
+/// `n` segments pushed to an encrypted local directory repository.
+struct Pushed {
+    sample: WalSample,
+    scratch: Scratch,
+    repo: PathBuf,
+    env: Vec<(&'static str, String)>,
+}
+
+fn pushed_sample(n: usize) -> Pushed {
+    let sample = wal_sample_of(n);
     let scratch = Scratch::new("walship-archive-");
     let repo = scratch.path("repo");
     let key = scratch.key_file("key", KEY_HEX);
@@ -316,6 +323,22 @@ fn tampered_objects_stop_recovery_with_the_object_named() {
         let o = push(path, &env);
         assert!(o.status.success(), "{}", stderr(&o));
     }
+    Pushed {
+        sample,
+        scratch,
+        repo,
+        env,
+    }
+}
+
+#[test]
+fn tampered_objects_stop_recovery_with_the_object_named() {
+    let Pushed {
+        sample,
+        scratch,
+        repo,
+        env,
+    } = pushed_sample(2);
     let (a, _) = &sample.segments[0];
     let (b, _) = &sample.segments[1];
     let pa = object_path(&repo, a);
@@ -360,14 +383,12 @@ fn tampered_objects_stop_recovery_with_the_object_named() {
 /// refuses it before anything is written.
 #[test]
 fn an_authentic_object_holding_another_segment_is_not_served() {
-    let sample = wal_sample();
-    let scratch = Scratch::new("walship-archive-");
-    let repo = scratch.path("repo");
-    let key = scratch.key_file("key", KEY_HEX);
-    let env = fs_env(&repo, Some(&key));
-    for (_, path) in &sample.segments {
-        assert!(push(path, &env).status.success());
-    }
+    let Pushed {
+        sample,
+        scratch,
+        repo,
+        env,
+    } = pushed_sample(2);
     let (a, _) = &sample.segments[0];
     let (_, b_path) = &sample.segments[1];
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -580,15 +601,13 @@ fn s3_server_down_then_back() {
 
 #[test]
 fn archive_get_prefetches_and_never_serves_a_bad_spool_entry() {
-    let sample = wal_sample_of(5);
-    let scratch = Scratch::new("walship-archive-");
-    let repo = scratch.path("repo");
-    let key = scratch.key_file("key", KEY_HEX);
+    let Pushed {
+        sample,
+        scratch,
+        repo,
+        mut env,
+    } = pushed_sample(5);
     let spool = scratch.path("spool");
-    let mut env = fs_env(&repo, Some(&key));
-    for (_, path) in &sample.segments {
-        assert!(push(path, &env).status.success());
-    }
     env.push(("WALSHIP_SPOOL", spool.display().to_string()));
     env.push(("WALSHIP_PREFETCH", "3".to_string()));
     let seg = |i: usize| sample.segments[i].0.clone();
