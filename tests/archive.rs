@@ -305,15 +305,9 @@ fn get_fails_fatally(name: &str, env: &[(&'static str, String)], scratch: &Scrat
     assert!(!dest.exists(), "nothing may be written on failure");
 }
 
-/// `n` segments pushed to an encrypted local directory repository.
-struct Pushed {
-    sample: WalSample,
-    scratch: Scratch,
-    repo: PathBuf,
-    env: Vec<(&'static str, String)>,
-}
-
-fn pushed_sample(n: usize) -> Pushed {
+/// `n` segments pushed to an encrypted local directory repository: the
+/// sample, the scratch directory, the repository and its environment.
+fn pushed_sample(n: usize) -> (WalSample, Scratch, PathBuf, Vec<(&'static str, String)>) {
     let sample = wal_sample_of(n);
     let scratch = Scratch::new("walship-archive-");
     let repo = scratch.path("repo");
@@ -323,22 +317,12 @@ fn pushed_sample(n: usize) -> Pushed {
         let o = push(path, &env);
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    Pushed {
-        sample,
-        scratch,
-        repo,
-        env,
-    }
+    (sample, scratch, repo, env)
 }
 
 #[test]
 fn tampered_objects_stop_recovery_with_the_object_named() {
-    let Pushed {
-        sample,
-        scratch,
-        repo,
-        env,
-    } = pushed_sample(2);
+    let (sample, scratch, repo, env) = pushed_sample(2);
     let (a, _) = &sample.segments[0];
     let (b, _) = &sample.segments[1];
     let pa = object_path(&repo, a);
@@ -383,12 +367,7 @@ fn tampered_objects_stop_recovery_with_the_object_named() {
 /// refuses it before anything is written.
 #[test]
 fn an_authentic_object_holding_another_segment_is_not_served() {
-    let Pushed {
-        sample,
-        scratch,
-        repo,
-        env,
-    } = pushed_sample(2);
+    let (sample, scratch, repo, env) = pushed_sample(2);
     let (a, _) = &sample.segments[0];
     let (_, b_path) = &sample.segments[1];
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -601,12 +580,7 @@ fn s3_server_down_then_back() {
 
 #[test]
 fn archive_get_prefetches_and_never_serves_a_bad_spool_entry() {
-    let Pushed {
-        sample,
-        scratch,
-        repo,
-        mut env,
-    } = pushed_sample(5);
+    let (sample, scratch, repo, mut env) = pushed_sample(5);
     let spool = scratch.path("spool");
     env.push(("WALSHIP_SPOOL", spool.display().to_string()));
     env.push(("WALSHIP_PREFETCH", "3".to_string()));

@@ -128,13 +128,8 @@ impl Streamer {
 
     /// Sends `sig` (`-TERM`, `-INT`), then waits for the exit.
     fn signal(&mut self, sig: &str) -> ExitStatus {
+        self.send(sig);
         let mut child = self.child.take().expect("streamer running");
-        let ok = Command::new("kill")
-            .args([sig, &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM");
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(st) = child.try_wait().unwrap() {

@@ -596,78 +596,41 @@ type OpenChunk<'a> = dyn Fn(&DataFrame, &mut Vec<u8>, Vec<u8>) -> Result<(Vec<u8
     + Sync
     + 'a;
 
-/// Decodes and verifies a whole object held in memory with up to `threads`
-/// threads opening, decompressing and hashing chunks side by side, handing
-/// the plaintext to `sink` in order a chunk at a time. Verification is that
-/// of [`ObjectDecoder`], error for error; as there, the output is not to be
-/// used unless this returns `Ok`.
-pub fn decode_parallel(
+/// Decodes and verifies a whole object held in memory on the calling thread,
+/// handing the plaintext to `sink` in order (at most a chunk at a time: memory
+/// stays at a chunk, not the object). Verification is that of
+/// [`ObjectDecoder`]; as there, the output is not to be used unless this
+/// returns `Ok`.
+pub fn decode_in_order(
     name: &str,
     stored: &[u8],
     key: Option<Arc<Key>>,
-    threads: usize,
     sink: &mut dyn FnMut(&[u8]) -> Result<(), CodecError>,
 ) -> Result<ObjectSummary, CodecError> {
-    decode_chunks(
-        name,
-        stored,
-        key,
-        threads,
-        sink,
-        |frames, open, threads, _, sink| {
-            // Every chunk is opened on a worker; this thread only hands plaintext
-            // to `sink` in order.
-            let mut cvs = Vec::with_capacity(frames.len());
-            std::thread::scope(|scope| -> Result<(), CodecError> {
-                let mut opened = Vec::with_capacity(threads);
-                let mut returned = Vec::with_capacity(threads);
-                for k in 0..threads {
-                    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-                    opened.push(rx);
-                    returned.push(back_tx);
-                    scope.spawn(move || {
-                        let mut body = Vec::new();
-                        for f in frames.iter().skip(k).step_by(threads) {
-                            let out = back_rx.try_recv().unwrap_or_default();
-                            let result = open(f, &mut body, out);
-                            let failed = result.is_err();
-                            if tx.send(result).is_err() || failed {
-                                return;
-                            }
-                        }
-                    });
-                }
-                for i in 0..frames.len() {
-                    let k = i % threads;
-                    let (plain, cv) = opened[k].recv().map_err(|_| CodecError::Invalid {
-                        name: name.into(),
-                        reason: "a decoding thread stopped".into(),
-                    })??;
-                    cvs.push(cv);
-                    sink(&plain)?;
-                    // A worker that finished has no use for it: ignore the error.
-                    let _ = returned[k].send(plain);
-                }
-                Ok(())
-            })?;
-            Ok(cvs)
-        },
-    )
+    let mut dec = ObjectDecoder::new(name, key);
+    let mut out = Vec::new();
+    for piece in stored.chunks(1 << 20) {
+        dec.feed(piece, &mut out)?;
+        sink(&out)?;
+        out.clear();
+    }
+    dec.finish()
 }
 
 /// Writes plaintext at its offset in the output (for
 /// [`decode_parallel_at`]); called from several threads at once.
 pub type WriteAt<'a> = dyn Fn(u64, &[u8]) -> Result<(), CodecError> + Sync + 'a;
 
-/// Like [`decode_parallel`], but each thread writes the chunks it opened
-/// itself, at their plaintext offsets, through `write_at`, so that no thread
-/// waits for another to hand plaintext over in order (those handovers kept
-/// `decode_parallel`'s threads waiting on each other for about a third of an
-/// archive-get). Chunk 0 is opened and written before any other chunk is
-/// written: a `write_at` that checks how the object starts refuses it
-/// before anything else is written. The error reported is that of the first
-/// bad chunk, as with [`ObjectDecoder`].
+/// Decodes and verifies a whole object held in memory with up to `threads`
+/// threads opening, decompressing and hashing chunks side by side, each
+/// writing the chunks it opened at their plaintext offsets through
+/// `write_at`: no thread waits for another to hand plaintext over in order
+/// (such handovers kept the threads waiting on each other for about a third
+/// of an archive-get). Chunk 0 is opened and written before any other chunk
+/// is written: a `write_at` that checks how the object starts refuses it
+/// before anything else is written. Verification is that of
+/// [`ObjectDecoder`], error for error (the first bad chunk's); as there, the
+/// output is not to be used unless this returns `Ok`.
 pub fn decode_parallel_at(
     name: &str,
     stored: &[u8],
@@ -687,7 +650,7 @@ pub fn decode_parallel_at(
         key,
         threads,
         &mut in_order,
-        |frames, open, threads, cs, _| {
+        |frames, open, threads, cs| {
             let run = PositionalRun {
                 frames,
                 open,
@@ -826,47 +789,30 @@ impl Chunk0Gate {
     }
 }
 
-/// What [`decode_parallel`] and [`decode_parallel_at`] share: the object's
-/// layout walked and checked, `run` given its data chunks (with the function
-/// that opens one, the thread count and the chunk size) to return their
-/// chaining values in order, then the trailer checked against them. An
-/// object whose layout is flawed, or too small to split, is decoded by the
-/// streaming decoder into `sink` instead, which reports every flaw exactly as
-/// it always does.
+/// The frame of [`decode_parallel_at`]: the object's layout walked and
+/// checked, `run` given its data chunks (with the function that opens one,
+/// the thread count and the chunk size) to return their chaining values in
+/// order, then the trailer checked against them. An object whose layout is
+/// flawed, or too small to split, is decoded by [`decode_in_order`] into
+/// `sink` instead, which reports every flaw exactly as it always does.
 fn decode_chunks(
     name: &str,
     stored: &[u8],
     key: Option<Arc<Key>>,
     threads: usize,
     sink: &mut dyn FnMut(&[u8]) -> Result<(), CodecError>,
-    run: impl FnOnce(
-        &[DataFrame],
-        &OpenChunk<'_>,
-        usize,
-        u64,
-        &mut dyn FnMut(&[u8]) -> Result<(), CodecError>,
-    ) -> Result<Vec<ChainingValue>, CodecError>,
+    run: impl FnOnce(&[DataFrame], &OpenChunk<'_>, usize, u64) -> Result<Vec<ChainingValue>, CodecError>,
 ) -> Result<ObjectSummary, CodecError> {
-    let sequential = |sink: &mut dyn FnMut(&[u8]) -> Result<(), CodecError>| {
-        let mut dec = ObjectDecoder::new(name, key.clone());
-        let mut out = Vec::new();
-        for piece in stored.chunks(1 << 20) {
-            dec.feed(piece, &mut out)?;
-            sink(&out)?;
-            out.clear();
-        }
-        dec.finish()
-    };
     let n_data = match super::format::read_header(stored) {
         Ok(h) => h.data_chunks(),
         Err(_) => 0,
     };
     if threads < 2 || n_data < 2 {
-        return sequential(sink);
+        return decode_in_order(name, stored, key, sink);
     }
     let mut dec = ObjectDecoder::new(name, key.clone());
     let Some((frames, trailer)) = walk_frames(&mut dec, stored) else {
-        return sequential(sink);
+        return decode_in_order(name, stored, key, sink);
     };
     let (header_raw, header) = match &dec.header {
         Some((h, raw)) => (raw, h),
@@ -890,7 +836,7 @@ fn decode_chunks(
         Ok((out, cv))
     };
     let threads = threads.min(frames.len());
-    let cvs = run(&frames, &open, threads, cs, sink)?;
+    let cvs = run(&frames, &open, threads, cs)?;
     let computed = Checksum(*tree_hash::root_hash(&cvs, cs, plain_len).as_bytes());
     dec.index = trailer.index;
     dec.frame_start = trailer.start;

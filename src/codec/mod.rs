@@ -28,7 +28,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-pub use decode::{decode_parallel, decode_parallel_at, ObjectDecoder};
+pub use decode::{decode_in_order, decode_parallel_at, ObjectDecoder};
 pub use encode::{encode_parallel, ObjectEncoder};
 pub use error::CodecError;
 pub use format::{

@@ -9,8 +9,9 @@ use crate::config::Secret;
 
 const CS: usize = 1 << DEFAULT_CHUNK_SHIFT;
 
-/// Decodes with the streaming decoder and with [`decode_parallel`], which
-/// must agree exactly: the same plaintext, or the same error.
+/// Decodes with the streaming decoder, with [`decode_in_order`] (its sink
+/// form) and with [`decode_parallel_at`], which must agree exactly: the same
+/// plaintext, or the same error.
 fn decode_both(
     name: &str,
     stored: &[u8],
@@ -18,11 +19,11 @@ fn decode_both(
 ) -> Result<(Vec<u8>, ObjectSummary), CodecError> {
     let sequential = decode_bytes(name, stored, key.clone());
     let mut plain = Vec::new();
-    let parallel = decode_parallel(name, stored, key.clone(), 3, &mut |p| {
+    let in_order = decode_in_order(name, stored, key.clone(), &mut |p| {
         plain.extend_from_slice(p);
         Ok(())
     });
-    agree(name, "parallel", &sequential, &parallel, &plain);
+    agree(name, "in-order", &sequential, &in_order, &plain);
     let at = std::sync::Mutex::new(Vec::new());
     let positional = decode_parallel_at(name, stored, key, 3, &|offset, p| {
         let mut at = at.lock().unwrap();

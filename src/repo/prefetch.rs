@@ -305,7 +305,7 @@ async fn spool_one(
                 crc: 0,
             };
             // One thread: PostgreSQL's replay needs the other core.
-            repo.decode_wal_into_with(&name, &stored, &mut out, 1)?;
+            repo.decode_wal_into(&name, &stored, &mut out)?;
             out.inner.flush().map_err(|e| io_err("write", &tmp, e))?;
             // Not for the spool's sake (a cache): PostgreSQL fsyncs every file
             // restore_command hands it (durable_rename), and writing 16 MiB

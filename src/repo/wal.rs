@@ -367,26 +367,20 @@ impl Repository {
         Ok(summary.plain_len)
     }
 
-    /// Decodes a stored WAL object into `out` in order, on at most `threads`
-    /// threads, with the verification of
-    /// [`decode_wal_to_file`](Self::decode_wal_to_file). Memory: a chunk per
-    /// thread, not the segment.
-    pub fn decode_wal_into_with(
+    /// Decodes a stored WAL object into `out` in order, on the calling thread,
+    /// with the verification of [`decode_wal_to_file`](Self::decode_wal_to_file).
+    /// Memory: a chunk, not the segment.
+    pub fn decode_wal_into(
         &self,
         name: &WalFileName,
         stored: &[u8],
         out: &mut dyn std::io::Write,
-        threads: usize,
     ) -> Result<u64, RepoError> {
         let key = layout::wal_object(&self.stanza().name, name, self.seg_size()?);
         let mut gate = FirstPageGate::new(stored, &key)?;
         let failure = std::sync::Mutex::new(None);
-        let decoded = codec::decode_parallel(
-            &key,
-            stored,
-            self.codec().key.clone(),
-            threads,
-            &mut |plain| {
+        let decoded =
+            codec::decode_in_order(&key, stored, self.codec().key.clone(), &mut |plain| {
                 let written = match gate.pass(self, name, plain) {
                     Ok(Passed::Now) => out.write_all(plain),
                     Ok(Passed::WithHead(head)) => out.write_all(&head),
@@ -400,8 +394,7 @@ impl Repository {
                     };
                     stop_output(&failure, &key, e)
                 })
-            },
-        );
+            });
         if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err(e);
         }
