@@ -29,7 +29,7 @@ ITER=${BENCH_ITER:-15}
 TOOLS=${BENCH_TOOLS:-walship pgbackrest walrus}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 BENCH_USER=${BENCH_USER:-walship-bench}
-WALSHIP_BIN=${WALSHIP_BIN:-$ROOT/target/release/walship}
+WALSHIP_BIN=${WALSHIP_BIN:-$ROOT/target/release-lto/walship}
 WALRUS_BIN=${WALRUS_BIN:-$(command -v walrus || echo "$HOME/.cargo/bin/walrus")}
 TIME=/usr/bin/time
 SEG_SIZE=16777216
@@ -51,7 +51,7 @@ done
 command -v openssl >/dev/null 2>&1 || die "openssl missing: apt-get install openssl"
 for t in $TOOLS; do
   case $t in
-    walship) [ -x "$WALSHIP_BIN" ] || die "$WALSHIP_BIN missing: cargo build --release (bench/run.sh does it)" ;;
+    walship) [ -x "$WALSHIP_BIN" ] || die "$WALSHIP_BIN missing: cargo build --profile release-lto (bench/run.sh does it)" ;;
     pgbackrest) command -v pgbackrest >/dev/null 2>&1 || die "pgbackrest missing: apt-get install pgbackrest" ;;
     walrus) [ -x "$WALRUS_BIN" ] || die "$WALRUS_BIN missing: cargo install wal-rus --version 0.4.1 (bench/run.sh does it)" ;;
     *) die "unknown tool '$t' in BENCH_TOOLS (known: walship pgbackrest walrus)" ;;

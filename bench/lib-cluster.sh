@@ -12,7 +12,7 @@ RESULTS=$BENCH_DIR/results
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 BENCH_USER=${BENCH_USER:-walship-bench}
 SCALE=${BENCH_SCALE:-50}
-WALSHIP_BIN=${WALSHIP_BIN:-$ROOT/target/release/walship}
+WALSHIP_BIN=${WALSHIP_BIN:-$ROOT/target/release-lto/walship}
 WALRUS_BIN=${WALRUS_BIN:-$(command -v walrus || echo "$HOME/.cargo/bin/walrus")}
 TIME=/usr/bin/time
 PORT=5432 # private socket directory and no TCP listener: cannot clash with another cluster
@@ -31,7 +31,7 @@ for b in initdb pg_ctl postgres psql pgbench pg_basebackup; do
 done
 command -v openssl >/dev/null 2>&1 || die "openssl missing: apt-get install openssl"
 command -v setpriv >/dev/null 2>&1 || die "setpriv missing: apt-get install util-linux"
-[ -x "$WALSHIP_BIN" ] || die "$WALSHIP_BIN missing: cargo build --release (bench/run.sh does it)"
+[ -x "$WALSHIP_BIN" ] || die "$WALSHIP_BIN missing: cargo build --profile release-lto (bench/run.sh does it)"
 command -v pgbackrest >/dev/null 2>&1 || die "pgbackrest missing: apt-get install pgbackrest"
 if ! id "$BENCH_USER" >/dev/null 2>&1; then
   useradd --system --no-create-home --shell /usr/sbin/nologin "$BENCH_USER"

@@ -8,7 +8,7 @@
 #   REPLAY_MIB=500 REPLAY_DEPTHS="8 32" bench/replay.sh
 #   REPLAY_S3=1 bench/replay.sh   # the repository on a local S3 server (s3s-fs)
 #
-# Needs PostgreSQL 15 (or WALSHIP_PG_BIN) and a release build of walship.
+# Needs PostgreSQL 15 (or WALSHIP_PG_BIN) and the release-lto build of walship.
 # Each mode: `walship restore` of the same backup to the latest point, then
 # the time from `pg_ctl start` until the server leaves recovery.
 set -euo pipefail
@@ -17,10 +17,10 @@ pgbin=${WALSHIP_PG_BIN:-/usr/lib/postgresql/15/bin}
 psqlbin=/usr/lib/postgresql/15/bin/psql
 mib=${REPLAY_MIB:-300}
 depths=${REPLAY_DEPTHS:-0 4 8 16}
-cargo build --release --quiet
+cargo build --profile release-lto --quiet
 work=$(mktemp -d /tmp/walship-replay.XXXXXX)
 chmod 755 "$work"
-install -m 755 target/release/walship "$work/walship"
+install -m 755 target/release-lto/walship "$work/walship"
 w="$work/walship"
 as_pg=()
 if [ "$(id -u)" -eq 0 ]; then

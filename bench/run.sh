@@ -79,9 +79,9 @@ if [ -z "$walrus_bin" ]; then
 fi
 export WALRUS_BIN=$walrus_bin
 
-echo "bench: cargo build --release" >&2
-(cd "$ROOT" && cargo build --release --bin walship)
-export WALSHIP_BIN=${WALSHIP_BIN:-$ROOT/target/release/walship}
+echo "bench: cargo build --profile release-lto" >&2
+(cd "$ROOT" && cargo build --profile release-lto --bin walship)
+export WALSHIP_BIN=${WALSHIP_BIN:-$ROOT/target/release-lto/walship}
 
 mkdir -p "$BENCH_DIR/results"
 

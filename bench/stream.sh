@@ -115,7 +115,7 @@ PARTIAL_WAIT=${BENCH_PARTIAL_WAIT:-15}
 RECEIVERS=${BENCH_RECEIVERS:-pg_receivewal walship-fs walship-s3 walrus}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 BENCH_USER=${BENCH_USER:-walship-bench}
-WALSHIP_BIN=${WALSHIP_BIN:-$ROOT/target/release/walship}
+WALSHIP_BIN=${WALSHIP_BIN:-$ROOT/target/release-lto/walship}
 WALRUS_BIN=${WALRUS_BIN:-$(command -v walrus || echo "$HOME/.cargo/bin/walrus")}
 S3S_FS_BIN=${S3S_FS_BIN:-$(command -v s3s-fs || echo "$HOME/.cargo/bin/s3s-fs")}
 PORT=5432 # private socket directory and no TCP listener: cannot clash with another cluster
@@ -133,9 +133,9 @@ command -v openssl >/dev/null 2>&1 || die "openssl missing: apt-get install open
 for r in $RECEIVERS; do
   case $r in
     pg_receivewal) ;;
-    walship-fs) [ -x "$WALSHIP_BIN" ] || die "$WALSHIP_BIN missing: cargo build --release (bench/run.sh does it)" ;;
+    walship-fs) [ -x "$WALSHIP_BIN" ] || die "$WALSHIP_BIN missing: cargo build --profile release-lto (bench/run.sh does it)" ;;
     walship-s3)
-      [ -x "$WALSHIP_BIN" ] || die "$WALSHIP_BIN missing: cargo build --release (bench/run.sh does it)"
+      [ -x "$WALSHIP_BIN" ] || die "$WALSHIP_BIN missing: cargo build --profile release-lto (bench/run.sh does it)"
       [ -x "$S3S_FS_BIN" ] || die "$S3S_FS_BIN missing: scripts/ensure-s3s.sh (or set S3S_FS_BIN)"
       ;;
     walrus) [ -x "$WALRUS_BIN" ] || die "$WALRUS_BIN missing: cargo install wal-rus --version 0.4.1 (bench/run.sh does it)" ;;
