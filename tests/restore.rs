@@ -324,6 +324,104 @@ fn pitr_every_target_kind_delta_and_force() {
     );
 }
 
+/// Recovery to the xid of a transaction whose commit record starts in one WAL
+/// segment and ends in the next: the pre-flight finds it (indexed in the
+/// segment where it ends) and PostgreSQL stops right after it.
+#[test]
+fn pitr_xid_whose_commit_crosses_a_segment_boundary() {
+    let scratch = Scratch::new("walship-restore-");
+    let env = fs_env(&scratch);
+    let cluster = archiving_cluster(&env);
+    cluster.psql("CREATE TABLE marks (name text)");
+    wait_archived(&cluster);
+    backup(&cluster.socket_conninfo(), &env);
+    cluster.psql("INSERT INTO marks VALUES ('before')");
+    let (xid, segment) = commit_across_a_segment_boundary(&cluster, "crossing");
+    // Another commit in the same segment: its xid alone would be that
+    // segment's range if the crossing commit were not indexed.
+    cluster.psql("INSERT INTO marks VALUES ('after')");
+    wait_archived(&cluster);
+
+    let dir = scratch.path("r-xid");
+    let plan = restore_ok_dry(&env, &dir, &["--target-xid", &xid]);
+    assert!(
+        plan.contains(&format!("the commit of xid {xid} (in {segment}")),
+        "expected the commit of xid {xid} found in {segment}:\n{plan}"
+    );
+    restore_ok(&env, &dir, &["--target-xid", &xid]);
+    let mut server = RestoredCluster::new(&dir, &[]);
+    server.start();
+    server.wait_paused();
+    assert_eq!(
+        server.psql("SELECT string_agg(name, ',' ORDER BY name) FROM marks"),
+        "before,crossing"
+    );
+    server.stop();
+}
+
+/// Commits a transaction that inserts `name` into `marks`, placing its commit
+/// record across a WAL segment boundary with a logical message sized to end
+/// 16 bytes before it. Returns the xid and the segment where the commit ends.
+fn commit_across_a_segment_boundary(cluster: &Cluster, name: &str) -> (String, String) {
+    let seg = cluster.wal_segment_size();
+    let page = 8192u64;
+    let lsn = |text: &str| -> u64 {
+        let (hi, lo) = text.trim().split_once('/').unwrap();
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    };
+    let insert_lsn = || lsn(&cluster.psql("SELECT pg_current_wal_insert_lsn()"));
+    let emit = |n: u64| {
+        cluster.psql(&format!(
+            "SELECT pg_logical_emit_message(false, 'w', repeat('x', {n}))"
+        ));
+    };
+    // A message record's bytes besides its payload: header, data header,
+    // xl_logical_message, prefix "w\0". Corrected from each attempt.
+    let mut overhead: i64 = 24 + 5 + 24 + 2;
+    for _ in 0..10 {
+        // Leave 20-28 KiB to the boundary: room for the insert (and a full
+        // page image) before the message that closes the gap.
+        let left = seg - insert_lsn() % seg;
+        if !(20_000..28_000).contains(&left) {
+            let step = if left > 24_000 {
+                left - 24_000
+            } else {
+                left + 24_000
+            };
+            emit(step);
+            continue;
+        }
+        let out = cluster.psql(&format!(
+            "BEGIN; INSERT INTO marks VALUES ('{name}');
+             DO $$
+             DECLARE
+               pos bigint := pg_current_wal_insert_lsn() - '0/0'::pg_lsn;
+               target bigint := pos + ({seg} - pos % {seg}) - 16;
+               pages bigint := target / {page} - pos / {page};
+             BEGIN
+               PERFORM set_config('w.xid', txid_current()::text, false);
+               PERFORM set_config('w.target', target::text, false);
+               PERFORM pg_logical_emit_message(false, 'w',
+                 repeat('x', (target - pos - pages * 24 - {overhead})::int));
+               PERFORM set_config('w.before', pg_current_wal_insert_lsn()::text, false);
+             END $$;
+             COMMIT;
+             SELECT current_setting('w.xid') || ' ' || current_setting('w.target') || ' '
+               || current_setting('w.before') || ' ' || pg_current_wal_insert_lsn()"
+        ));
+        let f: Vec<&str> = out.split_whitespace().collect();
+        let (xid, target, before, after) =
+            (f[0], f[1].parse::<u64>().unwrap(), lsn(f[2]), lsn(f[3]));
+        if before % seg != 0 && before / seg != (after - 1) / seg && after - before < 256 {
+            let segment = cluster.psql(&format!("SELECT pg_walfile_name('{}'::pg_lsn)", f[3]));
+            return (xid.to_string(), segment);
+        }
+        // Missed: learn the message's real overhead and try at the next boundary.
+        overhead += before as i64 - target as i64;
+    }
+    panic!("could not place a commit record across a segment boundary in 10 tries");
+}
+
 fn restore_ok_dry(env: &Env, dir: &Path, args: &[&str]) -> String {
     let mut all = vec!["restore", "--pgdata", dir.to_str().unwrap(), "--dry-run"];
     all.extend_from_slice(args);

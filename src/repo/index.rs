@@ -4,13 +4,16 @@
 //! recoverable window and `restore` say whether a target is reachable without
 //! reading the WAL itself.
 //!
-//! A commit record that straddles two segments is in neither entry (each
-//! segment is summarised on its own); the window is therefore exact to within
-//! one record at segment boundaries.
+//! A commit, abort or restore point record that straddles two segments is in
+//! the entry of the segment where it ends, where replay completes it: the
+//! first segment's entry keeps the record's start ([`CrossingRecord`]) and the
+//! next segment's scan joins it with the rest. That needs the first entry to
+//! be written first, as archive_command and `walship stream` do; a segment
+//! indexed before its predecessor misses that one record.
 
 use serde::{Deserialize, Serialize};
 
-use crate::pg::wal::record::SegmentSummary;
+use crate::pg::wal::record::{CrossingRecord, SegmentSummary};
 use crate::pg::wal::segment::TimelineId;
 use crate::pg::wal::Lsn;
 
@@ -58,6 +61,10 @@ pub struct WalIndexEntry {
     /// as PostgreSQL wrote it); says why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_error: Option<String>,
+    /// The start of a commit, abort or restore point record that ends in the
+    /// next segment, for that segment's entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crossing: Option<CrossingRecord>,
 }
 
 impl WalIndexEntry {
@@ -95,6 +102,7 @@ impl WalIndexEntry {
                 checksum,
                 size,
                 decode_error: None,
+                crossing: s.crossing,
             },
             Err(reason) => WalIndexEntry {
                 file: file.to_string(),
@@ -111,6 +119,7 @@ impl WalIndexEntry {
                 checksum,
                 size,
                 decode_error: Some(reason),
+                crossing: None,
             },
         }
     }

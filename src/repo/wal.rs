@@ -13,8 +13,10 @@ use super::index::WalIndexEntry;
 use super::{layout, RepoError, Repository};
 use crate::codec;
 use crate::pg::wal::page::parse_segment_start;
-use crate::pg::wal::record::{summarize_segment, SegmentSummary};
-use crate::pg::wal::segment::{parse_timeline_history, TimelineId, WalFileName, WalSegSize};
+use crate::pg::wal::record::{summarize_segment, CrossingRecord, SegmentSummary};
+use crate::pg::wal::segment::{
+    parse_timeline_history, segment_file_name, TimelineId, WalFileName, WalSegSize,
+};
 use crate::pg::wal::Lsn;
 use crate::storage::{PutMode, PutOutcome};
 
@@ -82,10 +84,11 @@ impl Repository {
         };
         // The index scan (record CRCs, commit times) runs beside the encoding.
         let scan = match name {
-            WalFileName::Segment { .. } => {
+            WalFileName::Segment { tli, segno } => {
                 let data = data.clone();
+                let carry = self.crossing_into(*tli, *segno).await;
                 Some(tokio::task::spawn_blocking(move || {
-                    summarize_segment(&data, seg_size).map_err(|e| e.to_string())
+                    summarize_segment(&data, seg_size, carry.as_ref()).map_err(|e| e.to_string())
                 }))
             }
             _ => None,
@@ -137,6 +140,23 @@ impl Repository {
             });
         }
         Ok(PushOutcome::Duplicate)
+    }
+
+    /// The start of the record that crosses from segment `segno - 1` into
+    /// `segno` on `tli`, from the previous segment's index entry, for the
+    /// scan of `segno` ([`summarize_segment`]). `None` when there is none or
+    /// it cannot be read: the index then misses that one record, and a push
+    /// never fails for its neighbour's entry.
+    pub async fn crossing_into(&self, tli: TimelineId, segno: u64) -> Option<CrossingRecord> {
+        let prev = segno.checked_sub(1)?;
+        let file = segment_file_name(tli, prev, self.seg_size().ok()?);
+        match self.get_index(tli, &file).await {
+            Ok(entry) => entry.and_then(|e| e.crossing),
+            Err(e) => {
+                tracing::debug!(%file, error = %e, "previous index entry unreadable: its crossing record is not indexed");
+                None
+            }
+        }
     }
 
     /// Writes the index entry of a stored segment from its record scan (a

@@ -937,6 +937,7 @@ mod tests {
                     checksum: String::new(),
                     size: MIB,
                     decode_error: None,
+                    crossing: None,
                 },
             );
             self

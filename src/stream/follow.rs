@@ -268,7 +268,8 @@ impl PendingIndex {
             what: "cannot map WAL back from the spool".into(),
             source: e,
         })?;
-        let summary = summarize_segment(&map, seg_size).map_err(|e| e.to_string());
+        let carry = repo.crossing_into(self.tli, self.segno).await;
+        let summary = summarize_segment(&map, seg_size, carry.as_ref()).map_err(|e| e.to_string());
         drop(map);
         repo.index_segment(
             self.tli,

@@ -15,8 +15,8 @@ pub use page::{
 };
 pub use record::{
     scan_segment, summarize_segment, timestamptz_to_datetime, timestamptz_to_unix_micros,
-    unix_micros_to_timestamptz, RecordError, RestorePoint, ScanOutcome, ScanStop, SegmentSummary,
-    WalRecord,
+    unix_micros_to_timestamptz, CrossingRecord, RecordError, RestorePoint, ScanOutcome, ScanStop,
+    SegmentSummary, WalRecord,
 };
 pub use segment::{
     history_file_name, parse_timeline_history, segment_file_name, SegmentError,

@@ -21,9 +21,12 @@
 //! names the damaged record's LSN. A record whose CRC is valid but whose block
 //! headers cannot be decoded is an error too ([`RecordError::BadRecord`]).
 //!
-//! Records are attributed to the segment in which they start. A record that
-//! crosses into the next segment is in neither summary: its tail is not in
-//! this segment's data, and the next segment's reader skips it.
+//! Records are attributed to the segment in which they start, except one that
+//! crosses into the next segment: its start is kept ([`CrossingRecord`], in
+//! the segment's index entry) and the next segment's scan, given it, checks
+//! and reports the whole record there, where replay completes it. Without it
+//! the next segment's scan skips the continuation, as PostgreSQL's
+//! `XLogFindNextRecord` does.
 
 use super::page::{parse_segment_start, PageError, PageHeader, XLP_FIRST_IS_CONTRECORD};
 use super::segment::{TimelineId, WalSegSize};
@@ -185,8 +188,57 @@ pub struct WalRecord<'a> {
     pub main_data: &'a [u8],
 }
 
+/// Largest record whose start [`scan_segment`] keeps when it crosses the end
+/// of the segment: commit, abort and restore point records are far smaller.
+pub const MAX_CROSSING_LEN: usize = 64 << 10;
+
+/// The start of a record that crosses the end of its segment: the bytes in
+/// that segment, page headers left out. Given to the scan of the next segment,
+/// which joins the rest and checks the record's CRC before reporting it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CrossingRecord {
+    /// Where the record starts.
+    pub lsn: Lsn,
+    /// Its bytes in the segment where it starts (hex in JSON).
+    #[serde(with = "hex_bytes")]
+    pub head: Vec<u8>,
+}
+
+impl CrossingRecord {
+    /// Whether the record matters to the WAL index (a commit, abort or restore
+    /// point), or cannot be told yet (its header is cut by the segment end).
+    pub fn worth_keeping(&self) -> bool {
+        let h = &self.head;
+        if h.len() < SIZE_OF_XLOG_RECORD {
+            return true;
+        }
+        let (info, rmid) = (h[16], h[17]);
+        match rmid {
+            RM_XACT_ID => matches!(
+                info & XLOG_XACT_OPMASK,
+                XLOG_XACT_COMMIT
+                    | XLOG_XACT_COMMIT_PREPARED
+                    | XLOG_XACT_ABORT
+                    | XLOG_XACT_ABORT_PREPARED
+            ),
+            RM_XLOG_ID => info & 0xF0 == XLOG_RESTORE_POINT,
+            _ => false,
+        }
+    }
+}
+
+mod hex_bytes {
+    pub fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// What [`scan_segment`] found besides the records.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScanOutcome {
     /// The segment's first byte.
     pub start_lsn: Lsn,
@@ -202,6 +254,9 @@ pub struct ScanOutcome {
     pub end_lsn: Lsn,
     /// Why the scan stopped.
     pub stop: ScanStop,
+    /// The start of the last record when it continues into the next segment
+    /// ([`ScanStop::ContinuesPastSegment`]) and is at most [`MAX_CROSSING_LEN`] long.
+    pub crossing: Option<CrossingRecord>,
 }
 
 fn maxalign(n: usize) -> usize {
@@ -428,10 +483,16 @@ fn main_data(rec: &[u8], pg_major: u32) -> Result<&[u8], String> {
 /// of it (a `.partial`); the segment size must match the segment's long
 /// header. See the module documentation for where the scan stops.
 ///
+/// `carry` is the previous segment's [`ScanOutcome::crossing`], when known:
+/// the record it starts is joined with its continuation at the start of this
+/// segment and, if whole here and its CRC checks, given to `f` first. A carry
+/// that does not fit (another length, another history) is ignored.
+///
 /// Allocation: one reassembly buffer, reused, for records that span pages.
 pub fn scan_segment(
     data: &[u8],
     seg_size: WalSegSize,
+    carry: Option<&CrossingRecord>,
     mut f: impl FnMut(&WalRecord<'_>),
 ) -> Result<ScanOutcome, RecordError> {
     let start = parse_segment_start(data)?;
@@ -464,15 +525,43 @@ pub fn scan_segment(
         first_record_lsn: None,
         end_lsn: start.pageaddr,
         stop: ScanStop::EndOfData,
+        crossing: None,
     };
 
-    // Skip the tail of a record that began in the previous segment
-    // (XLogFindNextRecord): follow xlp_rem_len from page to page.
+    // The tail of a record that began in the previous segment: joined to its
+    // start when the caller has it, else skipped (XLogFindNextRecord). Either
+    // way, follow xlp_rem_len from page to page.
+    let mut joining = carry.and_then(|c| {
+        let tot_len = c.head.get(..4).map(|b| le_u32(b, 0) as usize)?;
+        let fits = first.info & XLP_FIRST_IS_CONTRECORD != 0
+            && c.lsn < seg.start
+            && (SIZE_OF_XLOG_RECORD..=MAX_CROSSING_LEN).contains(&tot_len)
+            && c.head.len() + first.rem_len as usize == tot_len;
+        fits.then(|| {
+            let mut bytes = Vec::with_capacity(tot_len);
+            bytes.extend_from_slice(&c.head);
+            (c.lsn, tot_len, bytes)
+        })
+    });
     let mut pos = first.header_len();
     let mut h = first;
     let mut page = 0usize;
     while h.info & XLP_FIRST_IS_CONTRECORD != 0 {
         let rem = h.rem_len as usize;
+        let body = page + h.header_len();
+        let take = rem.min(seg.blcksz - h.header_len());
+        joining = joining.filter(|(_, tot_len, bytes)| {
+            bytes.len() + rem == *tot_len && body + take <= data.len()
+        });
+        if let Some((_, _, bytes)) = joining.as_mut() {
+            bytes.extend_from_slice(&data[body..body + take]);
+        }
+        if h.header_len() + rem <= seg.blcksz {
+            if let Some((lsn, _, rec)) = joining.take() {
+                let end = seg.start + maxalign(body + rem) as u64;
+                report_joined(lsn, end, &rec, pg_major, &mut f);
+            }
+        }
         if h.header_len() + rem < seg.blcksz {
             pos = page + h.header_len() + maxalign(rem);
             break;
@@ -517,6 +606,12 @@ pub fn scan_segment(
                 spans,
             } => (tot_len, next, spans),
             Read::Stop(stop) => {
+                if stop == ScanStop::ContinuesPastSegment && buf.len() <= MAX_CROSSING_LEN {
+                    out.crossing = Some(CrossingRecord {
+                        lsn,
+                        head: buf.clone(),
+                    });
+                }
                 out.stop = stop;
                 break;
             }
@@ -569,6 +664,36 @@ pub fn scan_segment(
         pos = next;
     }
     Ok(out)
+}
+
+/// Gives `f` the record joined from the previous segment's [`CrossingRecord`]
+/// and this segment's continuation, if its CRC and block headers check out; a
+/// record that does not is dropped: it is the other segment's business.
+fn report_joined(
+    lsn: Lsn,
+    end_lsn: Lsn,
+    rec: &[u8],
+    pg_major: u32,
+    f: &mut impl FnMut(&WalRecord<'_>),
+) {
+    let (stored, computed) = record_crc(rec);
+    if stored != computed {
+        tracing::debug!(%lsn, "the record crossing into this segment does not check: not indexed");
+        return;
+    }
+    let Ok(main) = main_data(rec, pg_major) else {
+        return;
+    };
+    f(&WalRecord {
+        lsn,
+        end_lsn,
+        xid: le_u32(rec, 4),
+        prev: Lsn(le_u64(rec, 8)),
+        info: rec[16],
+        rmid: rec[17],
+        bytes: rec,
+        main_data: main,
+    });
 }
 
 /// Whether a valid record (back link to `prev`, good CRC) starts at `pos`.
@@ -632,6 +757,11 @@ pub struct SegmentSummary {
     pub records: u64,
     /// Whether the segment ends with an `XLOG_SWITCH` record.
     pub ends_with_switch: bool,
+    /// The start of a commit, abort or restore point record (or of a record
+    /// whose header the segment end cuts) that continues into the next
+    /// segment, for that segment's summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crossing: Option<CrossingRecord>,
 }
 
 /// The transaction id a commit/abort record finishes: `xl_xid`, or for a
@@ -671,7 +801,14 @@ fn xact_xid(rec: &WalRecord<'_>, pg_major: u32) -> Option<u32> {
 
 /// Summarises one WAL segment (or a prefix of one): see [`SegmentSummary`]
 /// and, for where the scan stops and what is an error, the module documentation.
-pub fn summarize_segment(data: &[u8], seg_size: WalSegSize) -> Result<SegmentSummary, RecordError> {
+/// `carry` is the previous segment's [`SegmentSummary::crossing`], when known:
+/// the record it starts ends here and is summarised here (not counted in
+/// [`SegmentSummary::records`], which counts the records that start here).
+pub fn summarize_segment(
+    data: &[u8],
+    seg_size: WalSegSize,
+    carry: Option<&CrossingRecord>,
+) -> Result<SegmentSummary, RecordError> {
     let mut s = SegmentSummary {
         start_lsn: Lsn::INVALID,
         end_lsn: Lsn::INVALID,
@@ -687,14 +824,16 @@ pub fn summarize_segment(data: &[u8], seg_size: WalSegSize) -> Result<SegmentSum
         restore_points: Vec::new(),
         records: 0,
         ends_with_switch: false,
+        crossing: None,
     };
-    let major = parse_segment_start(data)
-        .ok()
-        .and_then(|h| h.pg_major)
-        .unwrap_or(0);
+    let (major, seg_start) = parse_segment_start(data)
+        .map(|h| (h.pg_major.unwrap_or(0), h.pageaddr))
+        .unwrap_or((0, Lsn::INVALID));
     let mut bad: Option<RecordError> = None;
-    let out = scan_segment(data, seg_size, |rec| {
-        s.records += 1;
+    let out = scan_segment(data, seg_size, carry, |rec| {
+        if rec.lsn >= seg_start {
+            s.records += 1;
+        }
         match rec.rmid {
             RM_XACT_ID => {
                 let op = rec.info & XLOG_XACT_OPMASK;
@@ -762,6 +901,7 @@ pub fn summarize_segment(data: &[u8], seg_size: WalSegSize) -> Result<SegmentSum
     s.timeline = out.timeline;
     s.pg_major = out.pg_major;
     s.ends_with_switch = out.stop == ScanStop::Switch;
+    s.crossing = out.crossing.filter(CrossingRecord::worth_keeping);
     Ok(s)
 }
 
@@ -775,7 +915,7 @@ mod tests {
     }
 
     fn check(f: &Fixture) -> SegmentSummary {
-        let s = summarize_segment(&f.data, one_mib()).unwrap();
+        let s = summarize_segment(&f.data, one_mib(), None).unwrap();
         let n = &f.name;
         assert_eq!(s.start_lsn, f.start_lsn, "{n}");
         assert_eq!(s.end_lsn, f.end_lsn, "{n}");
@@ -798,7 +938,7 @@ mod tests {
         assert_eq!(s.max_xid, Some(f.max_xid), "{n}");
         // Restore points: name and start, or name and end of the record.
         let mut ends = std::collections::HashMap::new();
-        scan_segment(&f.data, one_mib(), |r| {
+        scan_segment(&f.data, one_mib(), None, |r| {
             ends.insert(r.lsn, r.end_lsn);
         })
         .unwrap();
@@ -830,7 +970,10 @@ mod tests {
     fn check_records(f: &Fixture) {
         let list = f.record_list.as_ref().unwrap();
         let mut seen = Vec::new();
-        scan_segment(&f.data, one_mib(), |r| seen.push((r.lsn, r.xid, r.rmid))).unwrap();
+        scan_segment(&f.data, one_mib(), None, |r| {
+            seen.push((r.lsn, r.xid, r.rmid))
+        })
+        .unwrap();
         assert_eq!(seen.len(), list.len(), "{}", f.name);
         for ((lsn, xid, rmid), (elsn, exid, ermgr)) in seen.iter().zip(list) {
             assert_eq!((lsn, xid), (elsn, exid), "{}", f.name);
@@ -854,7 +997,7 @@ mod tests {
         let s = check(&f);
         assert_eq!(s.first_record_lsn, Some(f.start_lsn + 40));
         check_records(&f);
-        let out = scan_segment(&f.data, one_mib(), |_| {}).unwrap();
+        let out = scan_segment(&f.data, one_mib(), None, |_| {}).unwrap();
         assert_eq!(out.stop, ScanStop::ContinuesPastSegment);
     }
 
@@ -864,8 +1007,58 @@ mod tests {
         let s = check(&f);
         assert!(s.first_record_lsn.unwrap() > f.start_lsn + 40);
         check_records(&f);
-        let out = scan_segment(&f.data, one_mib(), |_| {}).unwrap();
+        let out = scan_segment(&f.data, one_mib(), None, |_| {}).unwrap();
         assert_eq!(out.stop, ScanStop::EndOfWal, "zeros after the last record");
+    }
+
+    const RM_HEAP_ID: u8 = 10;
+
+    #[test]
+    fn a_record_crossing_segments_is_joined_from_the_previous_segments_start() {
+        let (a, b) = (fixture("pg15-a"), fixture("pg15-b"));
+        let out = scan_segment(&a.data, one_mib(), None, |_| {}).unwrap();
+        let crossing = out.crossing.expect("pg15-a ends inside a record");
+        // It starts where segment 7's last complete record ends, 16 bytes
+        // before the boundary: its header is cut, so the index keeps it.
+        assert_eq!(crossing.lsn, a.end_lsn);
+        assert_eq!(crossing.head.len(), 16);
+        let kept = summarize_segment(&a.data, one_mib(), None)
+            .unwrap()
+            .crossing;
+        assert_eq!(kept.as_ref(), Some(&crossing));
+
+        let mut seen = Vec::new();
+        scan_segment(&b.data, one_mib(), Some(&crossing), |r| {
+            seen.push((r.lsn, r.end_lsn, r.xid, r.rmid))
+        })
+        .unwrap();
+        let first_in_b = b.record_list.as_ref().unwrap()[0].0;
+        // Its CRC checks once joined: a heap record of the fixture's
+        // transaction (xid 758), ending where pg_waldump's list for segment 8 starts.
+        assert_eq!(seen[0], (crossing.lsn, first_in_b, 758, RM_HEAP_ID));
+        assert_eq!(seen[1].0, first_in_b);
+        assert_eq!(seen.len(), b.record_list.as_ref().unwrap().len() + 1);
+        // Summarised in b, but not counted among the records that start there.
+        let s = summarize_segment(&b.data, one_mib(), Some(&crossing)).unwrap();
+        assert_eq!(s, summarize_segment(&b.data, one_mib(), None).unwrap());
+
+        // A start that does not belong (damaged, or another length) is ignored.
+        let mut damaged = crossing.clone();
+        let last = damaged.head.len() - 1;
+        damaged.head[last] ^= 1;
+        let mut shorter = crossing.clone();
+        shorter.head.pop();
+        for carry in [&damaged, &shorter] {
+            let mut lsns = Vec::new();
+            scan_segment(&b.data, one_mib(), Some(carry), |r| lsns.push(r.lsn)).unwrap();
+            assert_eq!(lsns.first(), Some(&first_in_b));
+        }
+        // The carried start survives the index's JSON.
+        let json = serde_json::to_string(&crossing).unwrap();
+        assert_eq!(
+            serde_json::from_str::<CrossingRecord>(&json).unwrap(),
+            crossing
+        );
     }
 
     #[test]
@@ -883,7 +1076,7 @@ mod tests {
             let f = fixture(name);
             let major = f.major;
             let (mut prepared, mut finished) = (None, None);
-            scan_segment(&f.data, one_mib(), |r| {
+            scan_segment(&f.data, one_mib(), None, |r| {
                 if r.rmid == RM_XACT_ID && r.info & XLOG_XACT_OPMASK == XLOG_XACT_PREPARE {
                     prepared = Some(r.xid);
                 }
@@ -906,7 +1099,7 @@ mod tests {
         // fixture was written with wal_compression=on, so some images with a
         // hole carry the extra hole-length field that decoding must skip.
         let mut compressed_with_hole = 0;
-        scan_segment(&f.data, one_mib(), |r| {
+        scan_segment(&f.data, one_mib(), None, |r| {
             let b = r.bytes;
             if b.len() > 33 && b[24] <= XLR_MAX_BLOCK_ID && b[25] & BKPBLOCK_HAS_IMAGE != 0 {
                 let bimg_info = b[32];
@@ -925,7 +1118,7 @@ mod tests {
     fn records_span_pages_and_carry_full_page_images() {
         let f = fixture("pg15-a");
         let (mut spanning, mut images, mut compressed_with_hole) = (0, 0, 0);
-        scan_segment(&f.data, one_mib(), |r| {
+        scan_segment(&f.data, one_mib(), None, |r| {
             if r.lsn.0 / 8192 != (r.lsn.0 + r.bytes.len() as u64 - 1) / 8192 {
                 spanning += 1;
             }
@@ -948,12 +1141,12 @@ mod tests {
     #[test]
     fn prefixes_stop_cleanly() {
         let f = fixture("pg15-a");
-        let full = summarize_segment(&f.data, one_mib()).unwrap();
+        let full = summarize_segment(&f.data, one_mib(), None).unwrap();
         let mut last = 0;
         // Cut at page boundaries and in the middle of pages: never an error,
         // never more records than the whole, monotonic.
         for cut in (40..f.data.len()).step_by(8192 * 7 + 1234) {
-            let s = summarize_segment(&f.data[..cut], one_mib()).unwrap();
+            let s = summarize_segment(&f.data[..cut], one_mib(), None).unwrap();
             assert!(s.records >= last && s.records <= full.records);
             assert!(s.end_lsn <= f.start_lsn + cut as u64);
             last = s.records;
@@ -965,26 +1158,31 @@ mod tests {
         let f = fixture("pg15-b");
         // Find the last record and one in the middle.
         let mut recs = Vec::new();
-        scan_segment(&f.data, one_mib(), |r| recs.push((r.lsn, r.bytes.len()))).unwrap();
+        scan_segment(&f.data, one_mib(), None, |r| {
+            recs.push((r.lsn, r.bytes.len()))
+        })
+        .unwrap();
         let off = |lsn: Lsn| (lsn - f.start_lsn) as usize;
 
         let (mid, mid_len) = recs[recs.len() / 2];
         let mut d = f.data.clone();
         d[off(mid) + mid_len - 1] ^= 0x55;
-        match summarize_segment(&d, one_mib()) {
+        match summarize_segment(&d, one_mib(), None) {
             Err(RecordError::CrcMismatch { lsn, .. }) => assert_eq!(lsn, mid),
             other => panic!("expected a CRC error, got {other:?}"),
         }
-        let e = summarize_segment(&d, one_mib()).unwrap_err().to_string();
+        let e = summarize_segment(&d, one_mib(), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(&mid.to_string()), "{e}");
 
         let (last, last_len) = *recs.last().unwrap();
         let mut d = f.data.clone();
         d[off(last) + last_len - 1] ^= 0x55;
-        let s = summarize_segment(&d, one_mib()).unwrap();
+        let s = summarize_segment(&d, one_mib(), None).unwrap();
         assert_eq!(s.records, f.records.unwrap() - 1);
         assert_eq!(s.end_lsn, last);
-        let out = scan_segment(&d, one_mib(), |_| {}).unwrap();
+        let out = scan_segment(&d, one_mib(), None, |_| {}).unwrap();
         assert_eq!(out.stop, ScanStop::CrcAtTail);
     }
 
@@ -992,20 +1190,20 @@ mod tests {
     fn wrong_segment_size_and_garbage() {
         let f = fixture("pg17-a");
         assert!(matches!(
-            summarize_segment(&f.data, WalSegSize::DEFAULT),
+            summarize_segment(&f.data, WalSegSize::DEFAULT, None),
             Err(RecordError::SegSizeMismatch {
                 found: 1048576,
                 expected: 16777216
             })
         ));
         assert!(matches!(
-            summarize_segment(&[0u8; 100], one_mib()),
+            summarize_segment(&[0u8; 100], one_mib(), None),
             Err(RecordError::SegmentStart(_))
         ));
         let mut big = f.data.clone();
         big.resize((1 << 20) + 1, 0);
         assert!(matches!(
-            summarize_segment(&big, one_mib()),
+            summarize_segment(&big, one_mib(), None),
             Err(RecordError::TooLong { .. })
         ));
     }
@@ -1027,7 +1225,7 @@ mod tests {
         let crc = crc32c::crc32c_append(crc32c::crc32c(&[]), &rec[..20]);
         rec[20..24].copy_from_slice(&crc.to_le_bytes());
         d[end..end + 24].copy_from_slice(&rec);
-        let s = summarize_segment(&d, one_mib()).unwrap();
+        let s = summarize_segment(&d, one_mib(), None).unwrap();
         assert!(s.ends_with_switch);
         assert_eq!(s.records, f.records.unwrap() + 1);
         assert_eq!(s.end_lsn, f.end_lsn + 24);
