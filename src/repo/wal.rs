@@ -82,30 +82,33 @@ impl Repository {
             WalFileName::Partial { .. } => PutMode::Overwrite,
             _ => PutMode::IfAbsent,
         };
-        // The index scan (record CRCs, commit times) runs beside the encoding.
-        let scan = match name {
-            WalFileName::Segment { tli, segno } => {
-                let data = data.clone();
-                let carry = self.crossing_into(*tli, *segno).await;
-                Some(tokio::task::spawn_blocking(move || {
-                    summarize_segment(&data, seg_size, carry.as_ref()).map_err(|e| e.to_string())
-                }))
-            }
-            _ => None,
+        // The index scan (record CRCs, commit times), and the read of the
+        // previous entry it needs, run beside the encoding and the put.
+        let scan = async {
+            let WalFileName::Segment { tli, segno } = *name else {
+                return None;
+            };
+            let carry = self.crossing_into(tli, segno).await;
+            let data = data.clone();
+            let scanned = tokio::task::spawn_blocking(move || {
+                summarize_segment(&data, seg_size, carry.as_ref()).map_err(|e| e.to_string())
+            })
+            .await;
+            Some((tli, segno, scanned))
         };
-        let (put_outcome, summary) = self.put_encoded(&key, data.clone(), mode).await?;
+        let (put, scan) = tokio::join!(self.put_encoded(&key, data.clone(), mode), scan);
+        let (put_outcome, summary) = put?;
         // The codec's checksum is BLAKE3 of the plaintext: the same identity
         // as `content_checksum`, without hashing the segment twice.
         let checksum = summary.checksum.to_string();
         let outcome = self
             .settle_wal_put(&key, &file, put_outcome, &checksum)
             .await?;
-        if let (WalFileName::Segment { tli, segno }, Some(scan)) = (name, scan) {
-            let summary = scan
-                .await
+        if let Some((tli, segno, scanned)) = scan {
+            let summary = scanned
                 .map_err(|e| format!("the index scan failed: {e}"))
                 .and_then(|s| s);
-            self.index_segment(*tli, *segno, &file, summary, checksum, data.len() as u64)
+            self.index_segment(tli, segno, &file, summary, checksum, data.len() as u64)
                 .await?;
         }
         Ok(outcome)
