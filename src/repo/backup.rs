@@ -153,13 +153,16 @@ pub fn server_manifest_key(stanza: &str, id: &str) -> String {
     format!("{stanza}/backups/{id}/backup_manifest")
 }
 
-/// A new backup id for a backup starting at `now`: sortable UTC time and a
-/// short random suffix (two backups in the same second get different ids).
+/// A new backup id for a backup starting at `now`: UTC time to the second,
+/// then the milliseconds and a short random part, so that ids sort in start
+/// order (`--backup latest` is the last one) even for two backups in the same
+/// second, and two started in the same millisecond still differ.
 pub fn new_backup_id(now: chrono::DateTime<chrono::Utc>) -> String {
     format!(
-        "{}-{:06x}",
+        "{}-{:03}{:03x}",
         now.format("%Y%m%dT%H%M%SZ"),
-        fastrand::u32(..) & 0x00ff_ffff
+        now.timestamp_subsec_millis().min(999),
+        fastrand::u32(..) & 0xfff
     )
 }
 
@@ -304,8 +307,14 @@ mod tests {
             .with_timezone(&chrono::Utc);
         let t2 = t1 + chrono::Duration::seconds(1);
         let (a, b) = (new_backup_id(t1), new_backup_id(t2));
-        assert!(a.starts_with("20261121T200000Z-"), "{a}");
+        assert!(a.starts_with("20261121T200000Z-000"), "{a}");
+        assert_eq!(a.len(), "20261121T200000Z-000abc".len());
         assert!(a < b);
+        // Backups a few milliseconds apart, in the same second, in order.
+        for ms in [1, 10, 999] {
+            let later = new_backup_id(t1 + chrono::Duration::milliseconds(ms));
+            assert!(a < later && later < b, "{a} {later} {b}");
+        }
         assert!(is_backup_id(&a));
         assert!(!is_backup_id("../x"));
         assert!(!is_backup_id(""));
