@@ -95,32 +95,8 @@ pub async fn ingest<S: EventSource>(
         context: "receiving the base backup".into(),
         cause: Box::new(e),
     };
-    let mut archives_started = 0usize;
     loop {
-        // After the last file of the last archive, a server with archive_mode
-        // = on waits until the backup's WAL is archived before it says
-        // anything more (the stream cannot tell us the archive ended until
-        // then): bound that silence as we bound our own wait for WAL, and
-        // name the segment it is waiting for.
-        let last_archive = !tablespaces.is_empty() && archives_started >= tablespaces.len();
-        let next = if last_archive && current.is_none() && server_manifest.is_empty() {
-            match tokio::time::timeout(request.wal_timeout, source.next_event()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let (lsn, tli) = start.unwrap_or_default();
-                    return Err(super::wal_wait::server_waits_for_wal(
-                        repo,
-                        lsn,
-                        tli,
-                        request.wal_timeout,
-                    )
-                    .await);
-                }
-            }
-        } else {
-            source.next_event().await
-        };
-        let Some(event) = next.map_err(pg)? else {
+        let Some(event) = source.next_event().await.map_err(pg)? else {
             break;
         };
         checker.observe(&event);
@@ -141,7 +117,6 @@ pub async fn ingest<S: EventSource>(
                 tablespaces = list;
             }
             BackupEvent::ArchiveStart { tablespace_oid, .. } => {
-                archives_started += 1;
                 prefix = match tablespace_oid {
                     Some(oid) => format!("pg_tblspc/{oid}/"),
                     None => String::new(),

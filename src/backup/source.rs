@@ -28,9 +28,6 @@ pub struct VecSource {
     events: std::collections::VecDeque<BackupEvent>,
     /// When set, this error is returned once the events run out.
     pub fail_at_end: Option<String>,
-    /// When set, the source never answers once the events run out (a
-    /// server waiting for its archiver).
-    pub hang_at_end: bool,
 }
 
 impl VecSource {
@@ -39,7 +36,6 @@ impl VecSource {
         VecSource {
             events: events.into(),
             fail_at_end: None,
-            hang_at_end: false,
         }
     }
 }
@@ -48,7 +44,6 @@ impl EventSource for VecSource {
     async fn next_event(&mut self) -> Result<Option<BackupEvent>, PgError> {
         match self.events.pop_front() {
             Some(e) => Ok(Some(e)),
-            None if self.hang_at_end => std::future::pending().await,
             None => match self.fail_at_end.take() {
                 Some(msg) => Err(PgError::Protocol(msg)),
                 None => Ok(None),

@@ -368,27 +368,6 @@ async fn chunk_objects_of_earlier_backups_are_deduplicated() {
     assert_eq!(repo.read_chunk(&big.chunks[0]).await.unwrap(), first);
 }
 
-#[tokio::test]
-async fn a_server_waiting_for_its_archiver_is_bounded_by_the_wal_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = repo(dir.path(), None).await;
-    let s = synthetic(6, None);
-    // Everything up to the last archive's end, then silence.
-    let upto = s
-        .events
-        .iter()
-        .rposition(|e| *e == BackupEvent::ArchiveEnd)
-        .unwrap();
-    let mut src = VecSource::new(s.events[..=upto].to_vec());
-    src.hang_at_end = true;
-    let mut req = request(&repo);
-    req.wal_timeout = Duration::from_millis(300);
-    let e = ingest(&mut src, &repo, &req, 2).await.unwrap_err();
-    let text = e.to_string();
-    assert!(text.contains("000000010000000000000002"), "{text}");
-    assert!(text.contains("still waiting for its archiver"), "{text}");
-}
-
 /// The same content in many chunks at once: stored once, every copy points
 /// at the same place (tasks that find it pending wait for its location).
 async fn duplicates_in_flight() {

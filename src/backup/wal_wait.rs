@@ -3,19 +3,23 @@
 //! in the repository before the backup is published. The WAL arrives through
 //! archive-push, `walship stream`, or anything else that stores segments;
 //! PostgreSQL archives the last one only after the backup ends (it switches
-//! segments at backup stop).
+//! segments at backup stop; `BASE_BACKUP` is told not to wait for that, as
+//! this wait is the one that counts: see `pg/basebackup.rs`).
 
 use std::time::{Duration, Instant};
 
 use super::BackupError;
-use crate::pg::wal::segment::{segment_file_name, TimelineId, WalFileName};
-use crate::pg::wal::Lsn;
+use crate::pg::wal::segment::{segment_file_name, WalFileName};
 use crate::repo::backup::BackupManifest;
 use crate::repo::layout;
 use crate::repo::Repository;
 
-/// How often the repository is looked at.
-const POLL: Duration = Duration::from_millis(500);
+/// The first look at the repository comes this soon after the previous one
+/// failed (the last segment is usually stored a few tens of milliseconds after
+/// the backup ends); each further wait doubles, up to [`POLL_MAX`].
+const POLL_FIRST: Duration = Duration::from_millis(20);
+/// The longest wait between two looks at the repository.
+const POLL_MAX: Duration = Duration::from_millis(500);
 
 /// Why a segment usually does not arrive (part of the error).
 pub const WAL_HINT: &str = "the WAL reaches the repository through PostgreSQL's archive_command \
@@ -33,6 +37,7 @@ pub async fn wait_for_wal(
     let seg_size = repo.seg_size()?;
     let (tli, first, last) = manifest.wal_segments(seg_size);
     let started = Instant::now();
+    let mut poll = POLL_FIRST;
     let mut next = first;
     while next <= last {
         let name = WalFileName::Segment { tli, segno: next };
@@ -57,7 +62,8 @@ pub async fn wait_for_wal(
             });
         }
         tracing::debug!(segment = %segment_file_name(tli, next, seg_size), "waiting for WAL");
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(POLL_MAX);
     }
     tracing::info!(
         first = %segment_file_name(tli, first, seg_size),
@@ -65,37 +71,4 @@ pub async fn wait_for_wal(
         "the WAL the backup needs is in the repository"
     );
     Ok(())
-}
-
-/// The error for a server that, at the end of the backup, waited longer than
-/// `timeout` for its archiver: names the first segment from the backup's
-/// start that is not in the repository (the one it is most likely waiting for).
-pub async fn server_waits_for_wal(
-    repo: &Repository,
-    start: Lsn,
-    tli: TimelineId,
-    timeout: Duration,
-) -> BackupError {
-    let seg_size = match repo.seg_size() {
-        Ok(s) => s,
-        Err(e) => return e.into(),
-    };
-    let mut segno = start.segment_number(seg_size);
-    // Bounded: a backup's WAL rarely spans more than a few thousand segments.
-    for _ in 0..100_000 {
-        let name = WalFileName::Segment { tli, segno };
-        let key = layout::wal_object(&repo.stanza().name, &name, seg_size);
-        match repo.storage().head(&key).await {
-            Ok(Some(_)) => segno += 1,
-            Ok(None) => break,
-            Err(e) => return crate::repo::RepoError::from(e).into(),
-        }
-    }
-    BackupError::WalMissing {
-        segment: segment_file_name(tli, segno, seg_size),
-        start: start.to_string(),
-        stop: "(not reported: PostgreSQL sent nothing more after the last file, most likely still waiting for its archiver)".into(),
-        waited_secs: timeout.as_secs(),
-        hint: WAL_HINT,
-    }
 }

@@ -20,10 +20,12 @@
 //! [`BackupEvent::ArchiveEnd`]; the manifest as [`BackupEvent::Manifest`]
 //! pieces. Nothing is gathered: memory stays bounded whatever the cluster size.
 //!
-//! WAL is not requested (no `WAL` option): walship archives it separately.
-//! `WAIT` keeps its default (the server waits until the WAL the backup needs
-//! is archived when `archive_mode` is on), so that a finished backup's WAL
-//! is in the archive.
+//! WAL is not requested (no `WAL` option): walship archives it separately,
+//! and the server is told not to wait for its archiver at the end (`WAIT 0`,
+//! `NOWAIT` before 15): walship waits for the backup's WAL in its own
+//! repository instead (`backup/wal_wait.rs`), which is what makes the backup
+//! restorable. The server's wait checked its archiver, not this repository,
+//! and looked once a second: ~1 s on every backup.
 
 use std::collections::VecDeque;
 
@@ -222,6 +224,7 @@ pub(crate) fn base_backup_command(
                 "spread"
             }
         ));
+        o.push("WAIT 0".into());
         o.push("MANIFEST 'yes'".into());
         o.push("MANIFEST_CHECKSUMS 'CRC32C'".into());
         if opts.tablespace_map {
@@ -243,6 +246,7 @@ pub(crate) fn base_backup_command(
         if opts.fast_checkpoint {
             c.push_str(" FAST");
         }
+        c.push_str(" NOWAIT");
         if let Some(rate) = opts.max_rate_kb {
             c.push_str(&format!(" MAX_RATE {rate}"));
         }
@@ -712,9 +716,9 @@ mod tests {
         };
         assert_eq!(
             base_backup_command(&opts, 150004).unwrap(),
-            "BASE_BACKUP ( LABEL 'it''s mine', PROGRESS, CHECKPOINT 'fast', MANIFEST 'yes', \
-             MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP, VERIFY_CHECKSUMS 0, MAX_RATE 1024, \
-             TARGET 'client' )"
+            "BASE_BACKUP ( LABEL 'it''s mine', PROGRESS, CHECKPOINT 'fast', WAIT 0, \
+             MANIFEST 'yes', MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP, VERIFY_CHECKSUMS 0, \
+             MAX_RATE 1024, TARGET 'client' )"
         );
         let d = BaseBackupOptions {
             fast_checkpoint: false,
@@ -723,7 +727,7 @@ mod tests {
         };
         assert_eq!(
             base_backup_command(&d, 180000).unwrap(),
-            "BASE_BACKUP ( LABEL 'walship', CHECKPOINT 'spread', MANIFEST 'yes', \
+            "BASE_BACKUP ( LABEL 'walship', CHECKPOINT 'spread', WAIT 0, MANIFEST 'yes', \
              MANIFEST_CHECKSUMS 'CRC32C', TARGET 'client' )"
         );
     }
@@ -740,8 +744,8 @@ mod tests {
         };
         assert_eq!(
             base_backup_command(&opts, 140010).unwrap(),
-            "BASE_BACKUP LABEL 'l' PROGRESS FAST MAX_RATE 64 TABLESPACE_MAP NOVERIFY_CHECKSUMS \
-             MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C'"
+            "BASE_BACKUP LABEL 'l' PROGRESS FAST NOWAIT MAX_RATE 64 TABLESPACE_MAP \
+             NOVERIFY_CHECKSUMS MANIFEST 'yes' MANIFEST_CHECKSUMS 'CRC32C'"
         );
         assert!(matches!(
             base_backup_command(&opts, 120000),
