@@ -5,7 +5,13 @@
 #                              into an EMPTY chunk store (chunks/, bundles/, backups/ removed
 #                              untimed before it), so it stores everything
 #   pg_basebackup -Ft -X none  plain tar, no compression or encryption: the floor for streaming
-#                              the same bytes
+#                              the same bytes, as the goal names it; with archive_mode on the
+#                              server waits at backup stop until its archiver has the last
+#                              segment, looking once a second (~1 s of every run)
+#   pg_basebackup -Ft -X stream (pg_basebackup-xstream) the same without that wait: pg_basebackup
+#                              then sends NOWAIT and streams the backup's WAL itself. walship also
+#                              sends NOWAIT and waits for the WAL in its own repository, so this
+#                              is the fair floor
 #   pgbackrest backup          --type=full, lz4, aes-256-cbc, process-max=2
 #   walrus backup-push         (wal-rus 0.4.1, lz4, no encryption) when installed
 #
@@ -20,7 +26,7 @@ SCRIPT=backup.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib-cluster.sh"
 ITER=${BENCH_BACKUP_ITER:-3}
 [[ $ITER =~ ^[1-9][0-9]*$ ]] || die "BENCH_BACKUP_ITER must be a positive integer, got '$ITER'"
-TOOLS="walship pg_basebackup pgbackrest"
+TOOLS="walship pg_basebackup pg_basebackup-xstream pgbackrest"
 [ "$HAVE_WALRUS" = 1 ] && TOOLS+=" walrus"
 TOOLS=${BENCH_BACKUP_TOOLS:-$TOOLS}
 
@@ -47,13 +53,17 @@ for iter in $(seq 1 "$ITER"); do
         rm -rf "$BASEDIR"
         CMD=("$PGBIN/pg_basebackup" -h "$SOCK" -p "$PORT" -U postgres -Ft -X none -c fast -D "$BASEDIR")
         ;;
+      pg_basebackup-xstream)
+        rm -rf "$BASEDIR-xstream"
+        CMD=("$PGBIN/pg_basebackup" -h "$SOCK" -p "$PORT" -U postgres -Ft -X stream -c fast -D "$BASEDIR-xstream")
+        ;;
       pgbackrest)
         CMD=(pgbackrest --config="$PGBR_CONF" --stanza=bench --type=full backup)
         ;;
       walrus)
         CMD=("$WALRUS_BIN" backup-push --fast)
         ;;
-      *) die "unknown tool '$t' (known: walship pg_basebackup pgbackrest walrus)" ;;
+      *) die "unknown tool '$t' (known: walship pg_basebackup pg_basebackup-xstream pgbackrest walrus)" ;;
     esac
     case " $SKIPPED " in *" $t "*) continue ;; esac
     measure "$RAW" "$t" backup "$iter" "$LOGS/$t-backup.log"
