@@ -103,6 +103,9 @@ impl std::fmt::Debug for ReplicationConnection {
     }
 }
 
+/// The error for an I/O failure while `context`. On the per-message paths,
+/// call it inside the `map_err` closure: the context is formatted only when
+/// there is an error.
 fn io_err(context: String) -> impl FnOnce(io::Error) -> PgError {
     move |source| PgError::Io { context, source }
 }
@@ -558,7 +561,7 @@ impl ReplicationConnection {
                 .io
                 .write(&self.wbuf)
                 .await
-                .map_err(io_err(format!("sending to {}", self.target)))?;
+                .map_err(|e| io_err(format!("sending to {}", self.target))(e))?;
             if n == 0 {
                 return Err(PgError::Io {
                     context: format!("sending to {}", self.target),
@@ -570,7 +573,7 @@ impl ReplicationConnection {
         self.io
             .flush()
             .await
-            .map_err(io_err(format!("sending to {}", self.target)))
+            .map_err(|e| io_err(format!("sending to {}", self.target))(e))
     }
 
     /// Whether frontend bytes are queued but not yet sent (after a cancelled send).
@@ -776,7 +779,7 @@ impl ReplicationConnection {
                 .io
                 .read_buf(&mut self.rbuf)
                 .await
-                .map_err(io_err(format!("reading from {}", self.target)))?;
+                .map_err(|e| io_err(format!("reading from {}", self.target))(e))?;
             if n == 0 {
                 return Err(PgError::Io {
                     context: format!("reading from {}", self.target),
