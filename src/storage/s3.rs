@@ -563,12 +563,39 @@ impl S3Storage {
         key: &str,
         full: &str,
         upload_id: &str,
-        mut buf: BytesMut,
+        buf: BytesMut,
         rx: &mut mpsc::Receiver<Piece>,
         mode: PutMode,
     ) -> Result<PutOutcome, StorageError> {
+        let mut in_flight = JoinSet::new();
+        let parts = self
+            .upload_parts(key, full, upload_id, buf, rx, &mut in_flight)
+            .await;
+        match parts {
+            Ok(done) => self.complete(key, full, upload_id, done, mode).await,
+            Err(e) => {
+                // Let the parts already sent settle before the caller aborts
+                // the upload: a part the server finishes storing after the
+                // abort would stay behind, unlisted and billed (as S3's
+                // AbortMultipartUpload documentation warns).
+                while in_flight.join_next().await.is_some() {}
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends the parts, at most `parts_in_flight` at once, and returns them
+    /// in order once all are stored; on error, parts may still be in flight.
+    async fn upload_parts(
+        &self,
+        key: &str,
+        full: &str,
+        upload_id: &str,
+        mut buf: BytesMut,
+        rx: &mut mpsc::Receiver<Piece>,
+        in_flight: &mut JoinSet<Result<CompletedPart, StorageError>>,
+    ) -> Result<Vec<CompletedPart>, StorageError> {
         let base = self.inner.tuning.part_size;
-        let mut in_flight: JoinSet<Result<CompletedPart, StorageError>> = JoinSet::new();
         let mut done: Vec<CompletedPart> = Vec::new();
         let mut next_part: i32 = 1;
         let mut finished = false;
@@ -610,7 +637,7 @@ impl S3Storage {
             done.push(join_part(Some(joined), key)?);
         }
         done.sort_by_key(|p| p.part_number());
-        self.complete(key, full, upload_id, done, mode).await
+        Ok(done)
     }
 
     async fn upload_part(
