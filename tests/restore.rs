@@ -365,10 +365,7 @@ fn pitr_xid_whose_commit_crosses_a_segment_boundary() {
 fn commit_across_a_segment_boundary(cluster: &Cluster, name: &str) -> (String, String) {
     let seg = cluster.wal_segment_size();
     let page = 8192u64;
-    let lsn = |text: &str| -> u64 {
-        let (hi, lo) = text.trim().split_once('/').unwrap();
-        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
-    };
+    let lsn = |text: &str| -> u64 { text.trim().parse::<walship::pg::wal::Lsn>().unwrap().0 };
     let insert_lsn = || lsn(&cluster.psql("SELECT pg_current_wal_insert_lsn()"));
     let emit = |n: u64| {
         cluster.psql(&format!(

@@ -39,7 +39,18 @@ pub struct Repository {
     storage: Storage,
     stanza: Stanza,
     codec: CodecSettings,
+    /// The WAL index entry this process wrote last (timeline, segment) and
+    /// its crossing record: the next segment's scan needs it, and a streamer
+    /// indexes segments in order, so it need not read its own entry back.
+    last_indexed: std::sync::Mutex<Option<LastIndexed>>,
 }
+
+/// See [`Repository::crossing_into`].
+type LastIndexed = (
+    crate::pg::wal::segment::TimelineId,
+    u64,
+    Option<crate::pg::wal::record::CrossingRecord>,
+);
 
 /// The key material resolved from the settings (before the stanza is known).
 enum KeyInput {
@@ -127,6 +138,7 @@ impl Repository {
                         storage,
                         stanza,
                         codec,
+                        last_indexed: Default::default(),
                     },
                     true,
                 ))
@@ -196,6 +208,7 @@ impl Repository {
             storage,
             stanza,
             codec,
+            last_indexed: Default::default(),
         })
     }
 

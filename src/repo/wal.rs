@@ -146,12 +146,22 @@ impl Repository {
     }
 
     /// The start of the record that crosses from segment `segno - 1` into
-    /// `segno` on `tli`, from the previous segment's index entry, for the
-    /// scan of `segno` ([`summarize_segment`]). `None` when there is none or
+    /// `segno` on `tli`, from the previous segment's index entry (remembered
+    /// when this process wrote it, else read), for the scan of `segno`
+    /// ([`summarize_segment`]). `None` when there is none or
     /// it cannot be read: the index then misses that one record, and a push
     /// never fails for its neighbour's entry.
     pub async fn crossing_into(&self, tli: TimelineId, segno: u64) -> Option<CrossingRecord> {
         let prev = segno.checked_sub(1)?;
+        if let Some((_, _, crossing)) = self
+            .last_indexed
+            .lock()
+            .ok()
+            .and_then(|last| last.clone())
+            .filter(|(t, s, _)| (*t, *s) == (tli, prev))
+        {
+            return crossing;
+        }
         let file = segment_file_name(tli, prev, self.seg_size().ok()?);
         match self.get_index(tli, &file).await {
             Ok(entry) => entry.and_then(|e| e.crossing),
@@ -185,7 +195,11 @@ impl Repository {
             checksum,
             len,
         );
-        self.put_index(&entry).await
+        self.put_index(&entry).await?;
+        if let Ok(mut last) = self.last_indexed.lock() {
+            *last = Some((tli, segno, entry.crossing));
+        }
+        Ok(())
     }
 
     /// Encodes `plain` on every core (chunks are independent) and streams the

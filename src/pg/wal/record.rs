@@ -188,6 +188,23 @@ pub struct WalRecord<'a> {
     pub main_data: &'a [u8],
 }
 
+impl<'a> WalRecord<'a> {
+    /// The record `rec` (whole, CRC checked) starting at `lsn`, its header
+    /// fields read from its bytes.
+    fn of(lsn: Lsn, end_lsn: Lsn, rec: &'a [u8], main_data: &'a [u8]) -> WalRecord<'a> {
+        WalRecord {
+            lsn,
+            end_lsn,
+            xid: le_u32(rec, 4),
+            prev: Lsn(le_u64(rec, 8)),
+            info: rec[16],
+            rmid: rec[17],
+            bytes: rec,
+            main_data,
+        }
+    }
+}
+
 /// Largest record whose start [`scan_segment`] keeps when it crosses the end
 /// of the segment: commit, abort and restore point records are far smaller.
 pub const MAX_CROSSING_LEN: usize = 64 << 10;
@@ -643,16 +660,7 @@ pub fn scan_segment(
         }
         let main =
             main_data(rec, pg_major).map_err(|reason| RecordError::BadRecord { lsn, reason })?;
-        let record = WalRecord {
-            lsn,
-            end_lsn: seg.start + next as u64,
-            xid: le_u32(rec, 4),
-            prev: rec_prev,
-            info: rec[16],
-            rmid: rec[17],
-            bytes: rec,
-            main_data: main,
-        };
+        let record = WalRecord::of(lsn, seg.start + next as u64, rec, main);
         out.first_record_lsn.get_or_insert(lsn);
         out.end_lsn = record.end_lsn;
         f(&record);
@@ -684,16 +692,7 @@ fn report_joined(
     let Ok(main) = main_data(rec, pg_major) else {
         return;
     };
-    f(&WalRecord {
-        lsn,
-        end_lsn,
-        xid: le_u32(rec, 4),
-        prev: Lsn(le_u64(rec, 8)),
-        info: rec[16],
-        rmid: rec[17],
-        bytes: rec,
-        main_data: main,
-    });
+    f(&WalRecord::of(lsn, end_lsn, rec, main));
 }
 
 /// Whether a valid record (back link to `prev`, good CRC) starts at `pos`.
