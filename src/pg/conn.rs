@@ -21,6 +21,7 @@ use crate::config::Secret;
 use crate::pg::conninfo::{
     ChannelBinding as CbPolicy, ConnConfig, Host, SslMode, TargetSessionAttrs,
 };
+use crate::pg::gather::{GatheringSocket, PlainSocket};
 use crate::pg::{PgError, ServerError};
 
 /// The largest backend message accepted. PostgreSQL's own messages stay far
@@ -36,9 +37,88 @@ const READ_SIZE: usize = 256 * 1024;
 /// The tag of CopyBothResponse, which postgres-protocol's parser lacks.
 const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
 
-/// Any byte stream the connection can run on (TCP, Unix socket, TLS).
-trait Transport: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Transport for T {}
+/// Any byte stream the connection can run on (TCP, Unix socket, TLS, and
+/// either plain socket read by a thread of its own).
+trait Transport: AsyncRead + AsyncWrite + Send + Unpin {
+    /// The plain socket under it, taken off the reactor
+    /// ([`ReplicationConnection::gather_reads`]); `Err(self)` when there is
+    /// none to take (TLS, or taken already).
+    fn into_plain(self: Box<Self>) -> Result<io::Result<PlainSocket>, Box<dyn Transport>>;
+}
+
+impl Transport for TcpStream {
+    fn into_plain(self: Box<Self>) -> Result<io::Result<PlainSocket>, Box<dyn Transport>> {
+        Ok((*self).into_std().map(PlainSocket::Tcp))
+    }
+}
+
+impl Transport for UnixStream {
+    fn into_plain(self: Box<Self>) -> Result<io::Result<PlainSocket>, Box<dyn Transport>> {
+        Ok((*self).into_std().map(PlainSocket::Unix))
+    }
+}
+
+impl Transport for tokio_rustls::client::TlsStream<TcpStream> {
+    fn into_plain(self: Box<Self>) -> Result<io::Result<PlainSocket>, Box<dyn Transport>> {
+        Err(self)
+    }
+}
+
+impl Transport for GatheringSocket {
+    fn into_plain(self: Box<Self>) -> Result<io::Result<PlainSocket>, Box<dyn Transport>> {
+        Err(self)
+    }
+}
+
+/// Stands in for the transport while it is being swapped: never used.
+struct Detached;
+
+impl Transport for Detached {
+    fn into_plain(self: Box<Self>) -> Result<io::Result<PlainSocket>, Box<dyn Transport>> {
+        Err(self)
+    }
+}
+
+fn detached() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the connection's socket was lost",
+    )
+}
+
+impl AsyncRead for Detached {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Err(detached()))
+    }
+}
+
+impl AsyncWrite for Detached {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::task::Poll::Ready(Err(detached()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Err(detached()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
 
 /// One row of a simple-query result, every value in text form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -689,6 +769,26 @@ impl ReplicationConnection {
                 _ => {}
             }
         }
+    }
+
+    /// From now on a thread of its own reads the socket, waiting `wait`
+    /// after each small read so that messages arriving close together are
+    /// taken in one ([`crate::pg::gather`]). What is already buffered stays
+    /// first. False, and nothing changed, on a TLS connection.
+    pub(crate) fn gather_reads(&mut self, wait: std::time::Duration) -> Result<bool, PgError> {
+        let io = std::mem::replace(&mut self.io, Box::new(Detached));
+        let socket = match io.into_plain() {
+            Err(io) => {
+                self.io = io;
+                return Ok(false);
+            }
+            Ok(socket) => socket,
+        };
+        let context = || format!("handing the socket of {} to a reading thread", self.target);
+        let socket = socket.map_err(|e| io_err(context())(e))?;
+        let gathering = GatheringSocket::start(socket, wait).map_err(|e| io_err(context())(e))?;
+        self.io = Box::new(gathering);
+        Ok(true)
     }
 
     /// Reads one backend message, consuming notices and parameter changes.

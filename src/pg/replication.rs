@@ -609,6 +609,18 @@ impl WalStream {
         Ok(())
     }
 
+    /// Reads the rest of the stream on a thread of its own that waits `wait`
+    /// after each small read ([`crate::pg::gather`]): far fewer wake-ups
+    /// under a load of many small messages, each message up to `wait` later.
+    /// False (and nothing changed) on a TLS connection, or when the server
+    /// sent no stream.
+    pub fn gather_reads(&mut self, wait: Duration) -> Result<bool, PgError> {
+        if !matches!(self.state, StreamState::Streaming) {
+            return Ok(false);
+        }
+        self.conn.gather_reads(wait)
+    }
+
     /// How far the write position set with `set_positions` is ahead of the
     /// one last reported to the server.
     pub fn unreported_write(&self) -> u64 {

@@ -65,6 +65,14 @@ const MIN_PARTIAL: u64 = 40;
 /// At 13 MB/s of WAL that is about 13 small messages a second.
 const WRITE_REPORT_BYTES: u64 = 1 << 20;
 
+/// After a small read the receiver waits this long for more WAL before
+/// taking it ([`crate::pg::gather`]), except with `--synchronous`, where
+/// every commit waits for our acknowledgement. Under a commit-heavy load
+/// this turns thousands of wake-ups a second into a few hundred; the WAL
+/// reaches the spool at most this much later, far below what the flush
+/// position lags by (a stored segment).
+const RECEIVE_GATHER: Duration = Duration::from_millis(5);
+
 /// How `walship stream` runs.
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
@@ -649,12 +657,16 @@ impl Streamer {
         }
 
         let target = conn.target().to_string();
-        let stream = match conn.start_replication(Some(&slot_name), pos, tli).await {
+        let mut stream = match conn.start_replication(Some(&slot_name), pos, tli).await {
             Ok(s) => s,
             Err(e) => return Err(self.start_error(e, &slot_name, pos)),
         };
+        let gathered = !self.opts.synchronous
+            && stream
+                .gather_reads(RECEIVE_GATHER)
+                .map_err(StreamError::pg("starting the receiving thread"))?;
         tracing::info!(server = %target, slot = %slot_name, start = %pos, timeline = tli,
-            synchronous = self.opts.synchronous, "streaming");
+            synchronous = self.opts.synchronous, gathered, "streaming");
         Ok(stream)
     }
 

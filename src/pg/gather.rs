@@ -1,0 +1,335 @@
+//! Reading a connection's socket on a thread of its own, gathering messages
+//! that arrive close together into one read.
+//!
+//! Under a commit-heavy load the walsender sends a small XLogData message for
+//! every WAL flush, thousands a second. On tokio's reactor each one wakes the
+//! runtime (the socket is registered edge-triggered for its lifetime, so even
+//! a task that deliberately waits before reading is woken per message), and
+//! those wake-ups, not the work, were the largest part of `walship stream`'s
+//! CPU. A thread blocked in `recv` can instead sleep a few milliseconds after
+//! a small read and let the kernel queue what follows: one wake-up and one
+//! read per gathering interval, as many messages as arrived.
+//!
+//! [`GatheringSocket`] is the connection's transport once streaming starts:
+//! reads come from the thread through a bounded channel (memory stays bounded:
+//! a full channel stops the thread reading, the socket's buffer fills and the
+//! server waits), writes (standby status updates, CopyDone) go straight to the
+//! socket, which PostgreSQL reads promptly even while it waits to send. Plain
+//! TCP and Unix sockets only: a TLS session's state is shared by its reads and
+//! writes, so a TLS connection keeps reading on the reactor.
+
+use std::io::{self, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+
+/// A read that finds at least this much waiting means the server is sending
+/// fast: read on at once (waiting could let the socket's buffer, ~200 KiB on
+/// a Unix socket, fill and hold the server back).
+pub const GATHER_BELOW: usize = 64 * 1024;
+/// Room for each read.
+const READ_ROOM: usize = 256 * 1024;
+/// The most one hand-over carries.
+const CHUNK_MAX: usize = 1 << 20;
+/// Hand-overs in flight between the thread and the connection (memory bound:
+/// about this many times [`CHUNK_MAX`]).
+const IN_FLIGHT: usize = 4;
+/// A status update that cannot be written for this long means the server is
+/// gone: the write fails instead of holding up the runtime.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A connected plain socket, in blocking mode.
+#[derive(Debug)]
+pub enum PlainSocket {
+    /// TCP.
+    Tcp(std::net::TcpStream),
+    /// A Unix-domain socket.
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl PlainSocket {
+    fn fd(&self) -> RawFd {
+        match self {
+            PlainSocket::Tcp(s) => s.as_raw_fd(),
+            PlainSocket::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    fn try_clone(&self) -> io::Result<PlainSocket> {
+        Ok(match self {
+            PlainSocket::Tcp(s) => PlainSocket::Tcp(s.try_clone()?),
+            PlainSocket::Unix(s) => PlainSocket::Unix(s.try_clone()?),
+        })
+    }
+
+    fn shutdown(&self) {
+        // Unblocks the reading thread; an already closed socket is fine.
+        let _ = match self {
+            PlainSocket::Tcp(s) => s.shutdown(Shutdown::Both),
+            PlainSocket::Unix(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            PlainSocket::Tcp(s) => (&*s).write(buf),
+            PlainSocket::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn prepare(&self) -> io::Result<()> {
+        match self {
+            PlainSocket::Tcp(s) => {
+                s.set_nonblocking(false)?;
+                s.set_write_timeout(Some(WRITE_TIMEOUT))
+            }
+            PlainSocket::Unix(s) => {
+                s.set_nonblocking(false)?;
+                s.set_write_timeout(Some(WRITE_TIMEOUT))
+            }
+        }
+    }
+}
+
+/// `recv` into `buf`'s spare room; `wait` false returns `WouldBlock` rather
+/// than waiting for data. Ok(0) is the end of the stream.
+fn recv(fd: RawFd, buf: &mut BytesMut, wait: bool) -> io::Result<usize> {
+    buf.reserve(READ_ROOM);
+    let spare = buf.chunk_mut();
+    let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
+    loop {
+        // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by
+        // `buf`, and `fd` is a socket that the caller's PlainSocket keeps open.
+        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), flags) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: the kernel initialised the first `n` bytes of the spare room.
+            unsafe { buf.advance_mut(n) };
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// The reading thread: a blocking read; after a small one, `wait` for more
+/// to queue up; then whatever is there without blocking, handed over at once.
+fn read_loop(socket: PlainSocket, tx: mpsc::Sender<io::Result<Bytes>>, wait: Duration) {
+    let fd = socket.fd();
+    let mut buf = BytesMut::new();
+    loop {
+        let first = match recv(fd, &mut buf, true) {
+            Ok(0) => return, // the end: dropping `tx` tells the reader
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        if first < GATHER_BELOW && !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+        let mut end = None;
+        while buf.len() < CHUNK_MAX {
+            match recv(fd, &mut buf, false) {
+                Ok(0) => {
+                    end = Some(Ok(()));
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    end = Some(Err(e));
+                    break;
+                }
+            }
+        }
+        if tx.blocking_send(Ok(buf.split().freeze())).is_err() {
+            return; // the connection is gone
+        }
+        match end {
+            None => {}
+            Some(Ok(())) => return,
+            Some(Err(e)) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+/// A connection's transport whose reads a thread of its own does (see the
+/// module documentation). Dropping it shuts the socket down, which ends the
+/// thread.
+#[derive(Debug)]
+pub struct GatheringSocket {
+    socket: PlainSocket,
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    /// What the last hand-over holds that was not read yet.
+    pending: Bytes,
+}
+
+impl GatheringSocket {
+    /// Starts the reading thread on `socket` (made blocking here), which
+    /// waits `wait` after every read that found less than [`GATHER_BELOW`].
+    pub fn start(socket: PlainSocket, wait: Duration) -> io::Result<GatheringSocket> {
+        socket.prepare()?;
+        let reader = socket.try_clone()?;
+        let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        std::thread::Builder::new()
+            .name("walship-recv".into())
+            .spawn(move || read_loop(reader, tx, wait))?;
+        Ok(GatheringSocket {
+            socket,
+            rx,
+            pending: Bytes::new(),
+        })
+    }
+}
+
+impl Drop for GatheringSocket {
+    fn drop(&mut self) {
+        self.socket.shutdown();
+    }
+}
+
+impl AsyncRead for GatheringSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pending.is_empty() {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(chunk))) => self.pending = chunk,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())), // end of stream
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = self.pending.len().min(out.remaining());
+        out.put_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for GatheringSocket {
+    /// Writes at once: what the connection sends while streaming is a few
+    /// dozen bytes now and then, and the server keeps reading them.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(self.socket.write(buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.socket.shutdown();
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn pair() -> (GatheringSocket, std::os::unix::net::UnixStream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let g = GatheringSocket::start(PlainSocket::Unix(a), Duration::from_millis(5))
+            .expect("start the reading thread");
+        (g, b)
+    }
+
+    #[tokio::test]
+    async fn delivers_every_byte_in_order_then_the_end() {
+        let (mut g, mut peer) = pair();
+        let sender = std::thread::spawn(move || {
+            // Small messages with pauses (gathered) and a large burst (not).
+            let mut sent = Vec::new();
+            for i in 0..200u32 {
+                let piece: Vec<u8> = (0..(i % 7 + 1) * 100).map(|j| (i + j) as u8).collect();
+                peer.write_all(&piece).expect("write");
+                sent.extend_from_slice(&piece);
+                if i % 50 == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            let big: Vec<u8> = (0..3_000_000u32).map(|j| (j % 251) as u8).collect();
+            peer.write_all(&big).expect("write");
+            sent.extend_from_slice(&big);
+            sent // dropping `peer` ends the stream
+        });
+        let mut got = Vec::new();
+        g.read_to_end(&mut got).await.expect("read to the end");
+        let sent = sender.join().expect("sender");
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "the bytes differ from what was sent");
+    }
+
+    #[tokio::test]
+    async fn writes_reach_the_peer_and_drop_ends_the_thread() {
+        let (mut g, mut peer) = pair();
+        g.write_all(b"status").await.expect("write");
+        let mut buf = [0u8; 6];
+        std::io::Read::read_exact(&mut peer, &mut buf).expect("peer reads");
+        assert_eq!(&buf, b"status");
+        drop(g);
+        // The socket is shut down: the peer sees the end, not a hang.
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut peer, &mut rest).expect("peer reads the end");
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reset_connection_is_an_error_not_an_end() {
+        let (a, b) = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| {
+                let c = std::net::TcpStream::connect(l.local_addr()?)?;
+                let (s, _) = l.accept()?;
+                Ok((c, s))
+            })
+            .expect("a TCP pair");
+        let mut g = GatheringSocket::start(PlainSocket::Tcp(a), Duration::from_millis(5))
+            .expect("start the reading thread");
+        // Unread data at close makes the kernel send a reset.
+        let s2 = socket_with_linger_zero(b);
+        drop(s2);
+        let mut buf = Vec::new();
+        let r = g.read_to_end(&mut buf).await;
+        assert!(r.is_err(), "a reset must be reported, got {r:?}");
+    }
+
+    fn socket_with_linger_zero(s: std::net::TcpStream) -> std::net::TcpStream {
+        let l = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket and a correctly sized option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&l as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_LINGER");
+        s
+    }
+}
