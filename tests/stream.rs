@@ -423,6 +423,13 @@ fn pgbench_stream_then_pitr_to_latest() {
 
     let status = streamer.stop();
     assert!(status.success(), "exit {status:?}:\n{}", streamer.log());
+    // The load, the restart and the idle commit went through the gathering
+    // reader (src/pg/gather.rs), which this test is the end-to-end check of.
+    assert!(
+        streamer.log().contains("gathered=true"),
+        "{}",
+        streamer.log()
+    );
     let want = pgbench_state(&cluster);
     let info = info_json(&repo);
     assert_eq!(info["streaming"]["state"], "stopped", "{info:#}");
@@ -572,6 +579,12 @@ fn synchronous_mode_recovers_every_returned_commit() {
     eprintln!("synchronous mode: {acked} commits returned to the client across 6 kill -9");
     let status = streamer.stop();
     assert!(status.success(), "exit {status:?}:\n{}", streamer.log());
+    // Every message is read (and acknowledged) at once: no gathering wait.
+    let log = streamer.log();
+    assert!(
+        log.contains("gathered=false") && !log.contains("gathered=true"),
+        "{log}"
+    );
     assert_verify_ok(&repo);
     recover_to_latest(&mut copy, &repo);
     assert_eq!(
