@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use support::s3::S3Server;
 use support::{run_walship, walship_bin, Cluster};
+use walship::pg::wal::Lsn;
 
 const TEST_USER: &str = support::pg::TEST_USER;
 
@@ -257,8 +258,11 @@ fn pgbench_state(c: &Cluster) -> String {
 }
 
 fn lsn(text: &str) -> u64 {
-    let (hi, lo) = text.trim().split_once('/').unwrap();
-    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    let lsn: Lsn = text
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{text:?} is not an LSN: {e}"));
+    lsn.0
 }
 
 fn seg_name(tli: u32, lsn: u64) -> String {
