@@ -445,6 +445,53 @@ fn pgbench_stream_then_pitr_to_latest() {
     assert_eq!(copy.psql("SELECT x FROM marker"), "42");
 }
 
+/// Streaming over TCP: first with TLS (read message by message on the
+/// reactor), then without (the gathering reader), each under pgbench and
+/// stopped cleanly; PITR to the latest point recovers every transaction.
+#[test]
+fn stream_over_tls_then_plain_tcp() {
+    let scratch = Scratch::new("walship-stream-");
+    let repo_dir = scratch.user_dir("repo");
+    let spool = scratch.user_dir("spool");
+    let repo = RepoEnv::dir(&repo_dir);
+    let mut cluster = Cluster::builder()
+        .wal_segsize_mb(1)
+        .tls(true)
+        .conf("wal_keep_size = 0")
+        .conf("checkpoint_timeout = '1h'")
+        .conf("max_slot_wal_keep_size = -1")
+        .start();
+    cluster.pgbench_init(1);
+    cluster.psql("SELECT pg_create_physical_replication_slot('walship', true)");
+    let mut copy = base_copy(&mut cluster);
+    let args = ["--partial-interval", "2"];
+    for (sslmode, gathered) in [("require", "gathered=false"), ("disable", "gathered=true")] {
+        let log = scratch.path(&format!("stream-{sslmode}.log"));
+        let conninfo = format!("{} sslmode={sslmode}", cluster.conninfo());
+        let mut streamer = Streamer::start(&conninfo, &repo, &spool, &args, &log);
+        cluster.pgbench(&["-T", "3", "-c", "2", "-n"]);
+        let end = current_flush_lsn(&cluster);
+        let tli = cluster.timeline();
+        wait_until(
+            "the streamer to catch up",
+            Duration::from_secs(30),
+            || streamer.log(),
+            || stored_end_covers(&repo, &scratch, tli, end),
+        );
+        let status = streamer.stop();
+        let text = streamer.log();
+        assert!(
+            status.success(),
+            "sslmode={sslmode}: exit {status:?}:\n{text}"
+        );
+        assert!(text.contains(gathered), "sslmode={sslmode}: {text}");
+    }
+    let want = pgbench_state(&cluster);
+    assert_verify_ok(&repo);
+    recover_to_latest(&mut copy, &repo);
+    assert_eq!(pgbench_state(&copy), want, "{}", copy.log());
+}
+
 /// Whether the repository or the spool (ready or in-progress files) holds
 /// the WAL up to `at` on `tli`.
 fn spool_covers(spool: &Path, tli: u32, at: u64) -> bool {
