@@ -21,7 +21,7 @@ use crate::config::Secret;
 use crate::pg::conninfo::{
     ChannelBinding as CbPolicy, ConnConfig, Host, SslMode, TargetSessionAttrs,
 };
-use crate::pg::gather::{GatheringSocket, PlainSocket};
+use crate::pg::gather::{GatheringSocket, PlainSocket, Taken};
 use crate::pg::{PgError, ServerError};
 
 /// The largest backend message accepted. PostgreSQL's own messages stay far
@@ -40,32 +40,43 @@ const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
 /// Any byte stream the connection can run on (TCP, Unix socket, TLS, and
 /// either plain socket read by a thread of its own).
 trait Transport: AsyncRead + AsyncWrite + Send + Unpin {
-    /// The plain socket under it, taken off the reactor
-    /// ([`ReplicationConnection::gather_reads`]); `Err(self)` when there is
-    /// none to take (TLS, or taken already).
-    fn into_plain(self: Box<Self>) -> Result<io::Result<PlainSocket>, Box<dyn Transport>>;
+    /// The socket under it (and the TLS session over it), taken off the
+    /// reactor ([`ReplicationConnection::gather_reads`]); `Err(self)` when
+    /// there is none to take (taken already).
+    fn into_plain(self: Box<Self>) -> Result<io::Result<Taken>, Box<dyn Transport>>;
 }
 
 impl Transport for TcpStream {
-    fn into_plain(self: Box<Self>) -> Result<io::Result<PlainSocket>, Box<dyn Transport>> {
-        Ok((*self).into_std().map(PlainSocket::Tcp))
+    fn into_plain(self: Box<Self>) -> Result<io::Result<Taken>, Box<dyn Transport>> {
+        Ok((*self).into_std().map(|s| Taken {
+            socket: PlainSocket::Tcp(s),
+            tls: None,
+        }))
     }
 }
 
 impl Transport for UnixStream {
-    fn into_plain(self: Box<Self>) -> Result<io::Result<PlainSocket>, Box<dyn Transport>> {
-        Ok((*self).into_std().map(PlainSocket::Unix))
+    fn into_plain(self: Box<Self>) -> Result<io::Result<Taken>, Box<dyn Transport>> {
+        Ok((*self).into_std().map(|s| Taken {
+            socket: PlainSocket::Unix(s),
+            tls: None,
+        }))
     }
 }
 
 impl Transport for tokio_rustls::client::TlsStream<TcpStream> {
-    fn into_plain(self: Box<Self>) -> Result<io::Result<PlainSocket>, Box<dyn Transport>> {
-        Err(self)
+    fn into_plain(self: Box<Self>) -> Result<io::Result<Taken>, Box<dyn Transport>> {
+        // Everything read from the socket is in the session already.
+        let (tcp, session) = (*self).into_inner();
+        Ok(tcp.into_std().map(|s| Taken {
+            socket: PlainSocket::Tcp(s),
+            tls: Some(session),
+        }))
     }
 }
 
 impl Transport for GatheringSocket {
-    fn into_plain(self: Box<Self>) -> Result<io::Result<PlainSocket>, Box<dyn Transport>> {
+    fn into_plain(self: Box<Self>) -> Result<io::Result<Taken>, Box<dyn Transport>> {
         Err(self)
     }
 }
@@ -74,7 +85,7 @@ impl Transport for GatheringSocket {
 struct Detached;
 
 impl Transport for Detached {
-    fn into_plain(self: Box<Self>) -> Result<io::Result<PlainSocket>, Box<dyn Transport>> {
+    fn into_plain(self: Box<Self>) -> Result<io::Result<Taken>, Box<dyn Transport>> {
         Err(self)
     }
 }
@@ -774,7 +785,7 @@ impl ReplicationConnection {
     /// From now on a thread of its own reads the socket, waiting `wait`
     /// after each small read so that messages arriving close together are
     /// taken in one ([`crate::pg::gather`]). What is already buffered stays
-    /// first. False, and nothing changed, on a TLS connection.
+    /// first. False, and nothing changed, when it is done already.
     pub(crate) fn gather_reads(&mut self, wait: std::time::Duration) -> Result<bool, PgError> {
         let io = std::mem::replace(&mut self.io, Box::new(Detached));
         let socket = match io.into_plain() {

@@ -14,14 +14,16 @@
 //! reads come from the thread through a bounded channel (memory stays bounded:
 //! a full channel stops the thread reading, the socket's buffer fills and the
 //! server waits), writes (standby status updates, CopyDone) go straight to the
-//! socket, which PostgreSQL reads promptly even while it waits to send. Plain
-//! TCP and Unix sockets only: a TLS session's state is shared by its reads and
-//! writes, so a TLS connection keeps reading on the reactor.
+//! socket, which PostgreSQL reads promptly even while it waits to send. Over
+//! TLS the thread also decrypts; the session is shared by both directions
+//! under a lock, never held while waiting for the network, and every write
+//! to the socket is made under it so that records never interleave.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -44,7 +46,7 @@ const IN_FLIGHT: usize = 2;
 /// gone: the write fails instead of holding up the runtime.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A connected plain socket, in blocking mode.
+/// A connected socket, in blocking mode.
 #[derive(Debug)]
 pub enum PlainSocket {
     /// TCP.
@@ -53,19 +55,91 @@ pub enum PlainSocket {
     Unix(std::os::unix::net::UnixStream),
 }
 
+/// What the connection runs on, taken off the reactor: a socket, with the
+/// TLS session over it when there is one.
+#[derive(Debug)]
+pub struct Taken {
+    /// The socket.
+    pub socket: PlainSocket,
+    /// The TLS session (its buffered records and plaintext included).
+    pub tls: Option<rustls::ClientConnection>,
+}
+
+type Session = Arc<Mutex<rustls::ClientConnection>>;
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}"))
+}
+
+fn lock(session: &Session) -> io::Result<std::sync::MutexGuard<'_, rustls::ClientConnection>> {
+    session
+        .lock()
+        .map_err(|_| io::Error::other("the TLS session was poisoned by a panic"))
+}
+
+/// Sends what the session has to send (under its lock).
+fn write_tls(conn: &mut rustls::ClientConnection, socket: &PlainSocket) -> io::Result<()> {
+    while conn.wants_write() {
+        conn.write_tls(&mut SocketWriter(socket))?;
+    }
+    Ok(())
+}
+
+/// `Write` for a shared socket.
+struct SocketWriter<'a>(&'a PlainSocket);
+
+impl Write for SocketWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Decrypts the records in `records` into `plain`; true when the server
+/// closed the session (close_notify).
+fn decrypt(
+    session: &Session,
+    socket: &PlainSocket,
+    mut records: &[u8],
+    plain: &mut BytesMut,
+) -> io::Result<bool> {
+    let mut conn = lock(session)?;
+    let mut closed = false;
+    loop {
+        if !records.is_empty() {
+            conn.read_tls(&mut records)?;
+        }
+        let state = conn.process_new_packets().map_err(tls_error)?;
+        let mut want = state.plaintext_bytes_to_read();
+        while want > 0 {
+            let at = plain.len();
+            plain.resize(at + want, 0);
+            let n = conn.reader().read(&mut plain[at..])?;
+            plain.truncate(at + n);
+            if n == 0 {
+                break;
+            }
+            want -= n;
+        }
+        closed |= state.peer_has_closed();
+        if records.is_empty() {
+            break;
+        }
+    }
+    // Key updates and alerts the session answers by itself.
+    write_tls(&mut conn, socket)?;
+    Ok(closed)
+}
+
 impl PlainSocket {
     fn fd(&self) -> RawFd {
         match self {
             PlainSocket::Tcp(s) => s.as_raw_fd(),
             PlainSocket::Unix(s) => s.as_raw_fd(),
         }
-    }
-
-    fn try_clone(&self) -> io::Result<PlainSocket> {
-        Ok(match self {
-            PlainSocket::Tcp(s) => PlainSocket::Tcp(s.try_clone()?),
-            PlainSocket::Unix(s) => PlainSocket::Unix(s.try_clone()?),
-        })
     }
 
     fn shutdown(&self) {
@@ -121,10 +195,17 @@ fn recv(fd: RawFd, buf: &mut BytesMut, wait: bool) -> io::Result<usize> {
 }
 
 /// The reading thread: a blocking read; after a small one, `wait` for more
-/// to queue up; then whatever is there without blocking, handed over at once.
-fn read_loop(socket: PlainSocket, tx: mpsc::Sender<io::Result<Bytes>>, wait: Duration) {
+/// to queue up; then whatever is there without blocking, handed over at once
+/// (decrypted first over TLS).
+fn read_loop(
+    socket: Arc<PlainSocket>,
+    tls: Option<Session>,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    wait: Duration,
+) {
     let fd = socket.fd();
     let mut buf = BytesMut::new();
+    let mut plain = BytesMut::new();
     loop {
         let first = match recv(fd, &mut buf, true) {
             Ok(0) => return, // the end: dropping `tx` tells the reader
@@ -152,7 +233,27 @@ fn read_loop(socket: PlainSocket, tx: mpsc::Sender<io::Result<Bytes>>, wait: Dur
                 }
             }
         }
-        if tx.blocking_send(Ok(buf.split().freeze())).is_err() {
+        let chunk = match &tls {
+            None => buf.split().freeze(),
+            Some(session) => {
+                let closed = decrypt(session, &socket, &buf, &mut plain);
+                buf.clear();
+                match closed {
+                    Ok(closed) => {
+                        if closed {
+                            end.get_or_insert(Ok(()));
+                        }
+                        plain.split().freeze()
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+        };
+        // (TLS records that carried no data, such as a session ticket, give none.)
+        if !chunk.is_empty() && tx.blocking_send(Ok(chunk)).is_err() {
             return; // the connection is gone
         }
         match end {
@@ -171,27 +272,53 @@ fn read_loop(socket: PlainSocket, tx: mpsc::Sender<io::Result<Bytes>>, wait: Dur
 /// thread.
 #[derive(Debug)]
 pub struct GatheringSocket {
-    socket: PlainSocket,
+    socket: Arc<PlainSocket>,
+    tls: Option<Session>,
     rx: mpsc::Receiver<io::Result<Bytes>>,
     /// What the last hand-over holds that was not read yet.
     pending: Bytes,
 }
 
 impl GatheringSocket {
-    /// Starts the reading thread on `socket` (made blocking here), which
-    /// waits `wait` after every read that found less than [`GATHER_BELOW`].
-    pub fn start(socket: PlainSocket, wait: Duration) -> io::Result<GatheringSocket> {
-        socket.prepare()?;
-        let reader = socket.try_clone()?;
+    /// Starts the reading thread on `taken` (its socket made blocking here),
+    /// which waits `wait` after every read that found less than
+    /// [`GATHER_BELOW`].
+    pub fn start(taken: Taken, wait: Duration) -> io::Result<GatheringSocket> {
+        taken.socket.prepare()?;
+        let socket = Arc::new(taken.socket);
+        let tls = taken.tls.map(|c| Arc::new(Mutex::new(c)));
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
+        let (reader, reader_tls) = (socket.clone(), tls.clone());
         std::thread::Builder::new()
             .name("walship-recv".into())
-            .spawn(move || read_loop(reader, tx, wait))?;
+            .spawn(move || read_loop(reader, reader_tls, tx, wait))?;
         Ok(GatheringSocket {
             socket,
+            tls,
             rx,
             pending: Bytes::new(),
         })
+    }
+
+    /// Encrypts `buf` when the connection has TLS, and sends it.
+    fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        let Some(session) = &self.tls else {
+            return self.socket.write(buf);
+        };
+        let mut conn = lock(session)?;
+        conn.writer().write_all(buf)?;
+        write_tls(&mut conn, &self.socket)?;
+        Ok(buf.len())
+    }
+
+    fn close(&self) {
+        if let Some(session) = &self.tls {
+            if let Ok(mut conn) = lock(session) {
+                conn.send_close_notify();
+                let _ = write_tls(&mut conn, &self.socket);
+            }
+        }
+        self.socket.shutdown();
     }
 }
 
@@ -207,7 +334,7 @@ impl AsyncRead for GatheringSocket {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.pending.is_empty() {
+        while self.pending.is_empty() {
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(Ok(chunk))) => self.pending = chunk,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
@@ -230,7 +357,7 @@ impl AsyncWrite for GatheringSocket {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Poll::Ready(self.socket.write(buf))
+        Poll::Ready(self.send(buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -238,7 +365,7 @@ impl AsyncWrite for GatheringSocket {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.socket.shutdown();
+        self.close();
         Poll::Ready(Ok(()))
     }
 }
@@ -250,8 +377,14 @@ mod tests {
 
     fn pair() -> (GatheringSocket, std::os::unix::net::UnixStream) {
         let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
-        let g = GatheringSocket::start(PlainSocket::Unix(a), Duration::from_millis(5))
-            .expect("start the reading thread");
+        let g = GatheringSocket::start(
+            Taken {
+                socket: PlainSocket::Unix(a),
+                tls: None,
+            },
+            Duration::from_millis(5),
+        )
+        .expect("start the reading thread");
         (g, b)
     }
 
@@ -304,8 +437,14 @@ mod tests {
                 Ok((c, s))
             })
             .expect("a TCP pair");
-        let mut g = GatheringSocket::start(PlainSocket::Tcp(a), Duration::from_millis(5))
-            .expect("start the reading thread");
+        let mut g = GatheringSocket::start(
+            Taken {
+                socket: PlainSocket::Tcp(a),
+                tls: None,
+            },
+            Duration::from_millis(5),
+        )
+        .expect("start the reading thread");
         // Unread data at close makes the kernel send a reset.
         let s2 = socket_with_linger_zero(b);
         drop(s2);

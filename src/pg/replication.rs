@@ -612,8 +612,8 @@ impl WalStream {
     /// Reads the rest of the stream on a thread of its own that waits `wait`
     /// after each small read ([`crate::pg::gather`]): far fewer wake-ups
     /// under a load of many small messages, each message up to `wait` later.
-    /// False (and nothing changed) on a TLS connection, or when the server
-    /// sent no stream.
+    /// False (and nothing changed) when the server sent no stream, or the
+    /// reads are gathered already.
     pub fn gather_reads(&mut self, wait: Duration) -> Result<bool, PgError> {
         if !matches!(self.state, StreamState::Streaming) {
             return Ok(false);
