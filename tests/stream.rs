@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use support::pg::ClusterBuilder;
 use support::s3::S3Server;
 use support::{run_walship, walship_bin, Cluster};
 use walship::pg::wal::Lsn;
@@ -188,12 +189,18 @@ impl Drop for Streamer {
     }
 }
 
-fn source_cluster(extra: &[&str]) -> Cluster {
-    let mut b = Cluster::builder()
+/// A cluster for streaming tests: 1 MiB segments, nothing kept but what
+/// the slot holds, no timed checkpoints.
+fn source_builder() -> ClusterBuilder {
+    Cluster::builder()
         .wal_segsize_mb(1)
         .conf("wal_keep_size = 0")
         .conf("checkpoint_timeout = '1h'")
-        .conf("max_slot_wal_keep_size = -1");
+        .conf("max_slot_wal_keep_size = -1")
+}
+
+fn source_cluster(extra: &[&str]) -> Cluster {
+    let mut b = source_builder();
     for line in extra {
         b = b.conf(*line);
     }
@@ -454,13 +461,7 @@ fn stream_over_tls_then_plain_tcp() {
     let repo_dir = scratch.user_dir("repo");
     let spool = scratch.user_dir("spool");
     let repo = RepoEnv::dir(&repo_dir);
-    let mut cluster = Cluster::builder()
-        .wal_segsize_mb(1)
-        .tls(true)
-        .conf("wal_keep_size = 0")
-        .conf("checkpoint_timeout = '1h'")
-        .conf("max_slot_wal_keep_size = -1")
-        .start();
+    let mut cluster = source_builder().tls(true).start();
     cluster.pgbench_init(1);
     cluster.psql("SELECT pg_create_physical_replication_slot('walship', true)");
     let mut copy = base_copy(&mut cluster);
@@ -470,14 +471,7 @@ fn stream_over_tls_then_plain_tcp() {
         let conninfo = format!("{} sslmode={sslmode}", cluster.conninfo());
         let mut streamer = Streamer::start(&conninfo, &repo, &spool, &args, &log);
         cluster.pgbench(&["-T", "3", "-c", "2", "-n"]);
-        let end = current_flush_lsn(&cluster);
-        let tli = cluster.timeline();
-        wait_until(
-            "the streamer to catch up",
-            Duration::from_secs(30),
-            || streamer.log(),
-            || stored_end_covers(&repo, &scratch, tli, end),
-        );
+        wait_for_catch_up(&cluster, &streamer, &repo, &scratch);
         let status = streamer.stop();
         let text = streamer.log();
         assert!(
@@ -523,6 +517,19 @@ fn current_flush_lsn(c: &Cluster) -> u64 {
     lsn(&c.psql("SELECT pg_current_wal_flush_lsn()"))
 }
 
+/// Waits (up to a minute) until the repository holds everything `c` has
+/// flushed so far on its current timeline.
+fn wait_for_catch_up(c: &Cluster, streamer: &Streamer, repo: &RepoEnv, scratch: &Scratch) {
+    let end = current_flush_lsn(c);
+    let tli = c.timeline();
+    wait_until(
+        "the streamer to catch up",
+        Duration::from_secs(60),
+        || streamer.log(),
+        || stored_end_covers(repo, scratch, tli, end),
+    );
+}
+
 /// At least 20 kill -9 of the streamer at random moments under pgbench: after
 /// each, the flush position it reported (the slot's restart_lsn) is in the
 /// repository; after the last restart and a clean stop, verify finds no gap
@@ -559,13 +566,7 @@ fn kill_9_under_load_loses_nothing() {
         load.join().unwrap();
     });
     let want = pgbench_state(&cluster);
-    let end = current_flush_lsn(&cluster);
-    wait_until(
-        "the streamer to catch up",
-        Duration::from_secs(60),
-        || streamer.log(),
-        || stored_end_covers(&repo, &scratch, tli, end),
-    );
+    wait_for_catch_up(&cluster, &streamer, &repo, &scratch);
     let status = streamer.stop();
     assert!(status.success(), "exit {status:?}:\n{}", streamer.log());
     assert_verify_ok(&repo);

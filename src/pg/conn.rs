@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::OwnedFd;
 
 use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
@@ -21,7 +22,7 @@ use crate::config::Secret;
 use crate::pg::conninfo::{
     ChannelBinding as CbPolicy, ConnConfig, Host, SslMode, TargetSessionAttrs,
 };
-use crate::pg::gather::{GatheringSocket, PlainSocket, Taken};
+use crate::pg::gather::{GatheringSocket, Taken};
 use crate::pg::{PgError, ServerError};
 
 /// The largest backend message accepted. PostgreSQL's own messages stay far
@@ -49,7 +50,7 @@ trait Transport: AsyncRead + AsyncWrite + Send + Unpin {
 impl Transport for TcpStream {
     fn into_plain(self: Box<Self>) -> Result<io::Result<Taken>, Box<dyn Transport>> {
         Ok((*self).into_std().map(|s| Taken {
-            socket: PlainSocket::Tcp(s),
+            socket: OwnedFd::from(s).into(),
             tls: None,
         }))
     }
@@ -58,7 +59,7 @@ impl Transport for TcpStream {
 impl Transport for UnixStream {
     fn into_plain(self: Box<Self>) -> Result<io::Result<Taken>, Box<dyn Transport>> {
         Ok((*self).into_std().map(|s| Taken {
-            socket: PlainSocket::Unix(s),
+            socket: OwnedFd::from(s).into(),
             tls: None,
         }))
     }
@@ -69,7 +70,7 @@ impl Transport for tokio_rustls::client::TlsStream<TcpStream> {
         // Everything read from the socket is in the session already.
         let (tcp, session) = (*self).into_inner();
         Ok(tcp.into_std().map(|s| Taken {
-            socket: PlainSocket::Tcp(s),
+            socket: OwnedFd::from(s).into(),
             tls: Some(session),
         }))
     }
@@ -81,53 +82,10 @@ impl Transport for GatheringSocket {
     }
 }
 
-/// Stands in for the transport while it is being swapped: never used.
-struct Detached;
-
-impl Transport for Detached {
+/// Stands in for the transport while it is being swapped (never read from).
+impl Transport for tokio::io::Empty {
     fn into_plain(self: Box<Self>) -> Result<io::Result<Taken>, Box<dyn Transport>> {
         Err(self)
-    }
-}
-
-fn detached() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotConnected,
-        "the connection's socket was lost",
-    )
-}
-
-impl AsyncRead for Detached {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        _: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Ready(Err(detached()))
-    }
-}
-
-impl AsyncWrite for Detached {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        _: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::task::Poll::Ready(Err(detached()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Ready(Err(detached()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -787,7 +745,7 @@ impl ReplicationConnection {
     /// taken in one ([`crate::pg::gather`]). What is already buffered stays
     /// first. False, and nothing changed, when it is done already.
     pub(crate) fn gather_reads(&mut self, wait: std::time::Duration) -> Result<bool, PgError> {
-        let io = std::mem::replace(&mut self.io, Box::new(Detached));
+        let io = std::mem::replace(&mut self.io, Box::new(tokio::io::empty()));
         let socket = match io.into_plain() {
             Err(io) => {
                 self.io = io;

@@ -21,13 +21,13 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use socket2::Socket;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 
@@ -46,21 +46,12 @@ const IN_FLIGHT: usize = 2;
 /// gone: the write fails instead of holding up the runtime.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A connected socket, in blocking mode.
-#[derive(Debug)]
-pub enum PlainSocket {
-    /// TCP.
-    Tcp(std::net::TcpStream),
-    /// A Unix-domain socket.
-    Unix(std::os::unix::net::UnixStream),
-}
-
 /// What the connection runs on, taken off the reactor: a socket, with the
 /// TLS session over it when there is one.
 #[derive(Debug)]
 pub struct Taken {
-    /// The socket.
-    pub socket: PlainSocket,
+    /// The socket (TCP or Unix-domain).
+    pub socket: Socket,
     /// The TLS session (its buffered records and plaintext included).
     pub tls: Option<rustls::ClientConnection>,
 }
@@ -78,31 +69,18 @@ fn lock(session: &Session) -> io::Result<std::sync::MutexGuard<'_, rustls::Clien
 }
 
 /// Sends what the session has to send (under its lock).
-fn write_tls(conn: &mut rustls::ClientConnection, socket: &PlainSocket) -> io::Result<()> {
+fn write_tls(conn: &mut rustls::ClientConnection, mut socket: &Socket) -> io::Result<()> {
     while conn.wants_write() {
-        conn.write_tls(&mut SocketWriter(socket))?;
+        conn.write_tls(&mut socket)?;
     }
     Ok(())
-}
-
-/// `Write` for a shared socket.
-struct SocketWriter<'a>(&'a PlainSocket);
-
-impl Write for SocketWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Decrypts the records in `records` into `plain`; true when the server
 /// closed the session (close_notify).
 fn decrypt(
     session: &Session,
-    socket: &PlainSocket,
+    socket: &Socket,
     mut records: &[u8],
     plain: &mut BytesMut,
 ) -> io::Result<bool> {
@@ -134,62 +112,22 @@ fn decrypt(
     Ok(closed)
 }
 
-impl PlainSocket {
-    fn fd(&self) -> RawFd {
-        match self {
-            PlainSocket::Tcp(s) => s.as_raw_fd(),
-            PlainSocket::Unix(s) => s.as_raw_fd(),
-        }
-    }
-
-    fn shutdown(&self) {
-        // Unblocks the reading thread; an already closed socket is fine.
-        let _ = match self {
-            PlainSocket::Tcp(s) => s.shutdown(Shutdown::Both),
-            PlainSocket::Unix(s) => s.shutdown(Shutdown::Both),
-        };
-    }
-
-    fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            PlainSocket::Tcp(s) => (&*s).write(buf),
-            PlainSocket::Unix(s) => (&*s).write(buf),
-        }
-    }
-
-    fn prepare(&self) -> io::Result<()> {
-        match self {
-            PlainSocket::Tcp(s) => {
-                s.set_nonblocking(false)?;
-                s.set_write_timeout(Some(WRITE_TIMEOUT))
-            }
-            PlainSocket::Unix(s) => {
-                s.set_nonblocking(false)?;
-                s.set_write_timeout(Some(WRITE_TIMEOUT))
-            }
-        }
-    }
-}
-
 /// `recv` into `buf`'s spare room; `wait` false returns `WouldBlock` rather
 /// than waiting for data. Ok(0) is the end of the stream.
-fn recv(fd: RawFd, buf: &mut BytesMut, wait: bool) -> io::Result<usize> {
+fn recv(socket: &Socket, buf: &mut BytesMut, wait: bool) -> io::Result<usize> {
     buf.reserve(READ_ROOM);
-    let spare = buf.chunk_mut();
     let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
     loop {
-        // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by
-        // `buf`, and `fd` is a socket that the caller's PlainSocket keeps open.
-        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), flags) };
-        if n >= 0 {
-            let n = n as usize;
-            // SAFETY: the kernel initialised the first `n` bytes of the spare room.
-            unsafe { buf.advance_mut(n) };
-            return Ok(n);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        // SAFETY: the spare room is only written by `recv`, never read.
+        let spare = unsafe { buf.chunk_mut().as_uninit_slice_mut() };
+        match socket.recv_with_flags(spare, flags) {
+            Ok(n) => {
+                // SAFETY: the kernel initialised the first `n` bytes of the spare room.
+                unsafe { buf.advance_mut(n) };
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
@@ -198,16 +136,15 @@ fn recv(fd: RawFd, buf: &mut BytesMut, wait: bool) -> io::Result<usize> {
 /// to queue up; then whatever is there without blocking, handed over at once
 /// (decrypted first over TLS).
 fn read_loop(
-    socket: Arc<PlainSocket>,
+    socket: Arc<Socket>,
     tls: Option<Session>,
     tx: mpsc::Sender<io::Result<Bytes>>,
     wait: Duration,
 ) {
-    let fd = socket.fd();
     let mut buf = BytesMut::new();
     let mut plain = BytesMut::new();
     loop {
-        let first = match recv(fd, &mut buf, true) {
+        let first = match recv(&socket, &mut buf, true) {
             Ok(0) => return, // the end: dropping `tx` tells the reader
             Ok(n) => n,
             Err(e) => {
@@ -220,7 +157,7 @@ fn read_loop(
         }
         let mut end = None;
         while buf.len() < CHUNK_MAX {
-            match recv(fd, &mut buf, false) {
+            match recv(&socket, &mut buf, false) {
                 Ok(0) => {
                     end = Some(Ok(()));
                     break;
@@ -272,7 +209,7 @@ fn read_loop(
 /// thread.
 #[derive(Debug)]
 pub struct GatheringSocket {
-    socket: Arc<PlainSocket>,
+    socket: Arc<Socket>,
     tls: Option<Session>,
     rx: mpsc::Receiver<io::Result<Bytes>>,
     /// What the last hand-over holds that was not read yet.
@@ -284,7 +221,8 @@ impl GatheringSocket {
     /// which waits `wait` after every read that found less than
     /// [`GATHER_BELOW`].
     pub fn start(taken: Taken, wait: Duration) -> io::Result<GatheringSocket> {
-        taken.socket.prepare()?;
+        taken.socket.set_nonblocking(false)?;
+        taken.socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
         let socket = Arc::new(taken.socket);
         let tls = taken.tls.map(|c| Arc::new(Mutex::new(c)));
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
@@ -303,7 +241,7 @@ impl GatheringSocket {
     /// Encrypts `buf` when the connection has TLS, and sends it.
     fn send(&self, buf: &[u8]) -> io::Result<usize> {
         let Some(session) = &self.tls else {
-            return self.socket.write(buf);
+            return self.socket.send(buf);
         };
         let mut conn = lock(session)?;
         conn.writer().write_all(buf)?;
@@ -318,13 +256,18 @@ impl GatheringSocket {
                 let _ = write_tls(&mut conn, &self.socket);
             }
         }
-        self.socket.shutdown();
+        shut_down(&self.socket);
     }
+}
+
+/// Unblocks the reading thread; an already closed socket is fine.
+fn shut_down(socket: &Socket) {
+    let _ = socket.shutdown(Shutdown::Both);
 }
 
 impl Drop for GatheringSocket {
     fn drop(&mut self) {
-        self.socket.shutdown();
+        shut_down(&self.socket);
     }
 }
 
@@ -379,7 +322,7 @@ mod tests {
         let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
         let g = GatheringSocket::start(
             Taken {
-                socket: PlainSocket::Unix(a),
+                socket: std::os::fd::OwnedFd::from(a).into(),
                 tls: None,
             },
             Duration::from_millis(5),
@@ -439,7 +382,7 @@ mod tests {
             .expect("a TCP pair");
         let mut g = GatheringSocket::start(
             Taken {
-                socket: PlainSocket::Tcp(a),
+                socket: std::os::fd::OwnedFd::from(a).into(),
                 tls: None,
             },
             Duration::from_millis(5),
@@ -454,21 +397,9 @@ mod tests {
     }
 
     fn socket_with_linger_zero(s: std::net::TcpStream) -> std::net::TcpStream {
-        let l = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: a valid socket and a correctly sized option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&l as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "SO_LINGER");
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER");
         s
     }
 }
