@@ -1,6 +1,7 @@
 //! Cutting a file's stream into chunks: at every multiple of
 //! [`CHUNK_SIZE`] from the file's start (so an unchanged page lands in the
-//! same chunk every time), with the file's CRC-32C computed on the way.
+//! same chunk every time). The file's CRC-32C is the server manifest
+//! checker's ([`crate::pg::backup_manifest::FileChecker`]): one pass, not two.
 
 use bytes::{Bytes, BytesMut};
 
@@ -10,7 +11,6 @@ use crate::repo::chunks::CHUNK_SIZE;
 #[derive(Debug)]
 pub struct FileChunker {
     buf: BytesMut,
-    crc: u32,
     received: u64,
     chunk_size: usize,
 }
@@ -26,7 +26,6 @@ impl FileChunker {
     pub fn with_chunk_size(chunk_size: usize) -> FileChunker {
         FileChunker {
             buf: BytesMut::new(),
-            crc: 0,
             received: 0,
             chunk_size: chunk_size.max(1),
         }
@@ -34,7 +33,6 @@ impl FileChunker {
 
     /// Takes more of the file; returns the chunks completed by it.
     pub fn push(&mut self, mut data: Bytes) -> Vec<Bytes> {
-        self.crc = crc32c::crc32c_append(self.crc, &data);
         self.received += data.len() as u64;
         let mut out = Vec::new();
         // Whole chunks straight from the input avoid a copy when the
@@ -58,10 +56,10 @@ impl FileChunker {
         out
     }
 
-    /// Ends the file: the last (short) chunk, when any, the byte count and CRC-32C.
-    pub fn finish(mut self) -> (Option<Bytes>, u64, u32) {
+    /// Ends the file: the last (short) chunk, when any, and the byte count.
+    pub fn finish(mut self) -> (Option<Bytes>, u64) {
         let last = (!self.buf.is_empty()).then(|| self.buf.split().freeze());
-        (last, self.received, self.crc)
+        (last, self.received)
     }
 }
 
@@ -78,10 +76,9 @@ mod tests {
             for p in data.chunks(piece) {
                 chunks.extend(c.push(Bytes::copy_from_slice(p)));
             }
-            let (last, n, crc) = c.finish();
+            let (last, n) = c.finish();
             chunks.extend(last);
             assert_eq!(n, data.len() as u64);
-            assert_eq!(crc, crc32c::crc32c(&data));
             assert_eq!(chunks.len(), data.len().div_ceil(1024));
             for (i, ch) in chunks.iter().enumerate() {
                 let end = ((i + 1) * 1024).min(data.len());
@@ -96,8 +93,8 @@ mod tests {
 
     #[test]
     fn empty_file_has_no_chunks() {
-        let (last, n, crc) = FileChunker::default().finish();
+        let (last, n) = FileChunker::default().finish();
         assert!(last.is_none());
-        assert_eq!((n, crc), (0, 0));
+        assert_eq!(n, 0);
     }
 }

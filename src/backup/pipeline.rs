@@ -175,7 +175,18 @@ pub async fn ingest<S: EventSource>(
                 let Some(c) = current.take() else {
                     continue; // directories and symlinks end too
                 };
-                let (last, received, crc) = c.chunker.finish();
+                let (last, received) = c.chunker.finish();
+                // The checker saw this EntryEnd first: its last file is this one.
+                let crc = checker
+                    .last_finished()
+                    .filter(|r| r.size == received)
+                    .map(|r| r.crc32c)
+                    .ok_or_else(|| {
+                        BackupError::Internal(format!(
+                            "{}: the manifest checker did not see the file end",
+                            files[c.file].path
+                        ))
+                    })?;
                 if let Some(chunk) = last {
                     let done = writer.submit(c.file, c.next_chunk, chunk).await?;
                     record(&mut chunk_slots, &mut stats, done);

@@ -295,6 +295,8 @@ pub struct FileChecker {
     /// Prefix of the current archive's paths in the manifest's namespace.
     prefix: String,
     current: Option<(String, ReceivedFile)>,
+    /// The file that ended last.
+    last: Option<ReceivedFile>,
     received: BTreeMap<String, ReceivedFile>,
     duplicates: Vec<String>,
 }
@@ -341,10 +343,17 @@ impl FileChecker {
 
     fn finish_current(&mut self) {
         if let Some((path, r)) = self.current.take() {
+            self.last = Some(r);
             if self.received.insert(path.clone(), r).is_some() {
                 self.duplicates.push(path);
             }
         }
+    }
+
+    /// The file that ended last (after the `EntryEnd` of a file: that file);
+    /// lets the backup record the CRC-32C without computing it again.
+    pub fn last_finished(&self) -> Option<ReceivedFile> {
+        self.last
     }
 
     /// The files completed so far, by manifest path.
