@@ -214,7 +214,8 @@ enum Lookup {
 fn process(ctx: &Ctx, file: usize, index: usize, data: &[u8]) -> Result<ChunkDone, BackupError> {
     let len = u32::try_from(data.len())
         .map_err(|_| BackupError::Internal(format!("chunk of {} bytes", data.len())))?;
-    let id = ctx.hasher.id(data);
+    let checksum = ctx.hasher.checksum(data);
+    let id = checksum.to_string();
     let lookup = {
         let mut map = ctx
             .known
@@ -248,7 +249,7 @@ fn process(ctx: &Ctx, file: usize, index: usize, data: &[u8]) -> Result<ChunkDon
         }
         Lookup::Mine(tx) => {
             // An error from here on drops `tx`: tasks waiting for this id fail too.
-            let encoded = ctx.repo.encode_chunk(&id, data)?;
+            let encoded = ctx.repo.encode_chunk(&checksum, data)?;
             let k = place(ctx, &id, len, &encoded)?;
             if let Ok(mut map) = ctx.known.lock() {
                 map.insert(id.clone(), Slot::Known(k.clone()));

@@ -339,8 +339,9 @@ async fn a_tampered_chunk_is_detected() {
     assert!(e.to_string().contains(&c.id), "error names the chunk: {e}");
 }
 
-/// Chunk objects of the earlier layout (one object per chunk) are still
-/// found and referenced, not stored again.
+/// Chunk objects of the earlier layout (one object per chunk, with the
+/// codec's plain BLAKE3 checksum rather than the id) are still found and
+/// referenced, not stored again, and read back with their id checked.
 #[tokio::test]
 async fn chunk_objects_of_earlier_backups_are_deduplicated() {
     let dir = tempfile::tempdir().unwrap();
@@ -349,7 +350,9 @@ async fn chunk_objects_of_earlier_backups_are_deduplicated() {
     let (_, content) = s.files.iter().find(|(p, _)| p == "base/1/1259").unwrap();
     let first = &content[..CHUNK_SIZE];
     let id = crate::repo::chunks::ChunkHasher::new(repo.codec()).id(first);
-    let encoded = repo.encode_chunk(&id, first).unwrap();
+    let name = crate::repo::chunks::chunk_key("main", &id);
+    let (encoded, summary) = crate::codec::encode_bytes(&name, first, repo.codec()).unwrap();
+    assert_eq!(summary.checksum_kind, crate::codec::ChecksumKind::Blake3);
     repo.store_chunk_object(&id, Bytes::from(encoded))
         .await
         .unwrap();
@@ -366,6 +369,25 @@ async fn chunk_objects_of_earlier_backups_are_deduplicated() {
     assert_eq!(big.chunks[0].at, ChunkLocation::Object);
     assert!(matches!(big.chunks[1].at, ChunkLocation::Bundle { .. }));
     assert_eq!(repo.read_chunk(&big.chunks[0]).await.unwrap(), first);
+
+    // Such a chunk whose content is not what its id says: refused, named.
+    let other = &content[CHUNK_SIZE..2 * CHUNK_SIZE];
+    let forged_id = "cd".repeat(32);
+    let name = crate::repo::chunks::chunk_key("main", &forged_id);
+    let (encoded, _) = crate::codec::encode_bytes(&name, other, repo.codec()).unwrap();
+    repo.store_chunk_object(&forged_id, Bytes::from(encoded))
+        .await
+        .unwrap();
+    let forged = crate::repo::backup::ChunkRef {
+        id: forged_id.clone(),
+        len: CHUNK_SIZE as u32,
+        at: ChunkLocation::Object,
+    };
+    let e = repo.read_chunk(&forged).await.unwrap_err().to_string();
+    assert!(
+        e.contains(&forged_id) && e.contains("does not match its id"),
+        "{e}"
+    );
 }
 
 /// The same content in many chunks at once: stored once, every copy points

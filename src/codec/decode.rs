@@ -7,8 +7,9 @@ use super::aead::ChunkCipher;
 
 use super::error::CodecError;
 use super::format::{
-    associated_data, frame_crc, name_hash, nonce, Checksum, ObjectHeader, CRC_LEN, FLAG_COMPRESSED,
-    FLAG_FINAL, FRAME_HEADER_LEN, HEADER_LEN, MAGIC, TAG_LEN, TRAILER_LEN,
+    associated_data, frame_crc, name_hash, nonce, Checksum, ChecksumKind, ObjectHeader,
+    CONTENT_ID_CONTEXT, CRC_LEN, FLAG_COMPRESSED, FLAG_FINAL, FRAME_HEADER_LEN, HEADER_LEN, MAGIC,
+    TAG_LEN, TRAILER_LEN,
 };
 use super::key::{wipe, Key};
 use super::tree_hash;
@@ -218,6 +219,11 @@ impl ObjectDecoder {
                 name: self.name.clone(),
             });
         }
+        // A keyed checksum is only valid in an encrypted object, so the key is here.
+        self.hasher = header
+            .checksum
+            .hasher(self.key.as_deref())
+            .ok_or_else(|| self.corrupt(12, "keyed checksum without a key".into()))?;
         if let Some(key) = &self.key {
             let (mut object_key, prefix) = key.object_material(&header.salt);
             let cipher = ChunkCipher::new(&object_key);
@@ -363,13 +369,20 @@ impl ObjectDecoder {
         if computed != recorded {
             return Err(self.corrupt(
                 at,
-                format!("plaintext BLAKE3 mismatch (recorded {recorded}, computed {computed})"),
+                format!(
+                    "plaintext {} mismatch (recorded {recorded}, computed {computed})",
+                    match header.checksum {
+                        ChecksumKind::Blake3 => "BLAKE3",
+                        ChecksumKind::KeyedBlake3 => "keyed BLAKE3 (content id)",
+                    }
+                ),
             ));
         }
         self.summary = Some(ObjectSummary {
             plain_len,
             stored_len: self.consumed,
             checksum: computed,
+            checksum_kind: header.checksum,
         });
         self.state = State::Done;
         Ok(())
@@ -820,6 +833,14 @@ fn decode_chunks(
     };
     let cs = header.chunk_size();
     let plain_len = header.plain_len;
+    let checksum_key = match (header.checksum, &key) {
+        (ChecksumKind::Blake3, _) => None,
+        (ChecksumKind::KeyedBlake3, Some(k)) => Some(k.subkey(CONTENT_ID_CONTEXT)),
+        (ChecksumKind::KeyedBlake3, None) => {
+            return Err(dec.corrupt(12, "keyed checksum without a key".into()))
+        }
+    };
+    let checksum_key = checksum_key.as_ref();
     let cipher = dec.cipher.as_ref();
     let open = |f: &DataFrame,
                 body: &mut Vec<u8>,
@@ -832,12 +853,12 @@ fn decode_chunks(
         // Resized, not cleared: every byte up to `plain` is overwritten.
         out.resize(plain, 0);
         inflate_exact(name, f.index, f.start, f.fh[0], payload, &mut out)?;
-        let cv = tree_hash::chunk_cv(&out, f.index * cs);
+        let cv = tree_hash::chunk_cv(&out, f.index * cs, checksum_key);
         Ok((out, cv))
     };
     let threads = threads.min(frames.len());
     let cvs = run(&frames, &open, threads, cs)?;
-    let computed = Checksum(*tree_hash::root_hash(&cvs, cs, plain_len).as_bytes());
+    let computed = Checksum(*tree_hash::root_hash(&cvs, cs, plain_len, checksum_key).as_bytes());
     dec.index = trailer.index;
     dec.frame_start = trailer.start;
     dec.consumed = stored.len() as u64;

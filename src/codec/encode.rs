@@ -5,8 +5,8 @@ use super::aead::{fill_random, ChunkCipher};
 use super::error::CodecError;
 use super::format::{
     associated_data, data_chunks, frame_crc, frame_header, name_hash, nonce, trailer, Checksum,
-    ObjectHeader, DEFAULT_CHUNK_SHIFT, FLAG_COMPRESSED, FLAG_FINAL, FORMAT_VERSION,
-    FRAME_HEADER_LEN, HEADER_LEN, MAX_CHUNK_SHIFT, MIN_CHUNK_SHIFT, TAG_LEN,
+    ChecksumKind, ObjectHeader, DEFAULT_CHUNK_SHIFT, FLAG_COMPRESSED, FLAG_FINAL, FRAME_HEADER_LEN,
+    HEADER_LEN, MAX_CHUNK_SHIFT, MIN_CHUNK_SHIFT, TAG_LEN,
 };
 use super::key::wipe;
 use super::tree_hash;
@@ -84,8 +84,19 @@ pub struct ObjectEncoder {
     index: u64,
     pushed: u64,
     stored: u64,
-    hasher: blake3::Hasher,
+    checksum: ChecksumSource,
     failed: Option<CodecError>,
+}
+
+/// Where the trailer's checksum comes from.
+// One per encoder, held inline as the hasher always was: boxing it would add
+// an allocation per object for nothing.
+#[allow(clippy::large_enum_variant)]
+enum ChecksumSource {
+    /// BLAKE3 of the chunks as they are sealed.
+    Hashing(blake3::Hasher),
+    /// The caller's content id of the whole plaintext, of this kind.
+    Given(Checksum, ChecksumKind),
 }
 
 impl ObjectEncoder {
@@ -95,7 +106,7 @@ impl ObjectEncoder {
             Ok(enc) => enc,
             Err(e) => {
                 // Only an absurd plain_len (over 4 PiB) gets here: report it from finish().
-                let mut enc = Self::build(name, 0, settings, DEFAULT_CHUNK_SHIFT, None);
+                let mut enc = Self::build(name, 0, settings, DEFAULT_CHUNK_SHIFT, None, None);
                 enc.plain_len = plain_len;
                 enc.failed = Some(e);
                 enc
@@ -112,7 +123,58 @@ impl ObjectEncoder {
         chunk_shift: u8,
     ) -> Result<Self, CodecError> {
         Self::check(name, plain_len, chunk_shift)?;
-        Ok(Self::build(name, plain_len, settings, chunk_shift, None))
+        Ok(Self::build(
+            name,
+            plain_len,
+            settings,
+            chunk_shift,
+            None,
+            None,
+        ))
+    }
+
+    /// Like [`new`](Self::new) for a plaintext whose
+    /// [`content_id`](super::content_id) under `settings` the caller has
+    /// computed: that id becomes the trailer's checksum and the plaintext is
+    /// not hashed again. A wrong id makes an object that fails to decode.
+    pub fn with_content_id(
+        name: &str,
+        plain_len: u64,
+        settings: &CodecSettings,
+        id: Checksum,
+    ) -> Result<Self, CodecError> {
+        Self::check(name, plain_len, DEFAULT_CHUNK_SHIFT)?;
+        let kind = ChecksumKind::of_content_ids(settings);
+        Ok(Self::build(
+            name,
+            plain_len,
+            settings,
+            DEFAULT_CHUNK_SHIFT,
+            None,
+            Some((id, kind)),
+        ))
+    }
+
+    /// Test hook: [`with_content_id`](Self::with_content_id) with a fixed
+    /// salt and chunk size (test vectors, damage tests).
+    #[cfg(test)]
+    pub(crate) fn with_salt_and_content_id(
+        name: &str,
+        plain_len: u64,
+        settings: &CodecSettings,
+        chunk_shift: u8,
+        salt: [u8; 32],
+        id: Checksum,
+    ) -> Self {
+        let kind = ChecksumKind::of_content_ids(settings);
+        Self::build(
+            name,
+            plain_len,
+            settings,
+            chunk_shift,
+            Some(salt),
+            Some((id, kind)),
+        )
     }
 
     /// Test hook: a fixed salt makes the output deterministic (test vectors).
@@ -124,7 +186,7 @@ impl ObjectEncoder {
         chunk_shift: u8,
         salt: [u8; 32],
     ) -> Self {
-        Self::build(name, plain_len, settings, chunk_shift, Some(salt))
+        Self::build(name, plain_len, settings, chunk_shift, Some(salt), None)
     }
 
     fn check(name: &str, plain_len: u64, chunk_shift: u8) -> Result<(), CodecError> {
@@ -151,9 +213,18 @@ impl ObjectEncoder {
         settings: &CodecSettings,
         chunk_shift: u8,
         salt: Option<[u8; 32]>,
+        given: Option<(Checksum, ChecksumKind)>,
     ) -> Self {
+        let (checksum, kind) = match given {
+            Some((id, kind)) => (ChecksumSource::Given(id, kind), kind),
+            None => (
+                ChecksumSource::Hashing(blake3::Hasher::new()),
+                ChecksumKind::Blake3,
+            ),
+        };
         let mut header = ObjectHeader {
-            version: FORMAT_VERSION,
+            version: kind.version(),
+            checksum: kind,
             compression: settings.compression,
             encrypted: settings.key.is_some(),
             key_id: settings.key.as_ref().map(|k| k.id()),
@@ -191,7 +262,7 @@ impl ObjectEncoder {
             index: 0,
             pushed: 0,
             stored: HEADER_LEN as u64,
-            hasher: blake3::Hasher::new(),
+            checksum,
             failed: None,
         }
     }
@@ -236,7 +307,9 @@ impl ObjectEncoder {
         if self.failed.is_some() {
             return;
         }
-        self.hasher.update(chunk);
+        if let ChecksumSource::Hashing(h) = &mut self.checksum {
+            h.update(chunk);
+        }
         let mut flags = 0u8;
         let mut payload = chunk;
         if self.compression == Compression::Lz4 {
@@ -282,7 +355,12 @@ impl ObjectEncoder {
                 return Err(e);
             }
         }
-        let checksum = Checksum(*self.hasher.finalize().as_bytes());
+        let (checksum, checksum_kind) = match &self.checksum {
+            ChecksumSource::Hashing(h) => {
+                (Checksum(*h.finalize().as_bytes()), ChecksumKind::Blake3)
+            }
+            ChecksumSource::Given(id, kind) => (*id, *kind),
+        };
         let t = trailer(&checksum, self.plain_len, self.index);
         let n = self
             .sealer
@@ -292,6 +370,7 @@ impl ObjectEncoder {
             plain_len: self.plain_len,
             stored_len: self.stored,
             checksum,
+            checksum_kind,
         })
     }
 }
@@ -367,7 +446,7 @@ fn encode_parallel_with(
     let cs = enc.chunk_size;
     let n = plain.len().div_ceil(cs);
     let threads = threads.clamp(1, n.max(1));
-    if threads == 1 || n < 2 {
+    if threads == 1 || n < 2 || matches!(enc.checksum, ChecksumSource::Given(..)) {
         sink(enc.header())?;
         let mut out = Vec::new();
         for chunk in plain.chunks(cs) {
@@ -382,7 +461,7 @@ fn encode_parallel_with(
     // One chunk: its frame, and its BLAKE3 subtree hash while it is in cache.
     let seal = |i: usize, scratch: &mut Vec<u8>| -> Result<(Vec<u8>, ChainingValue), CodecError> {
         let chunk = &plain[i * cs..((i + 1) * cs).min(plain.len())];
-        let cv = tree_hash::chunk_cv(chunk, (i * cs) as u64);
+        let cv = tree_hash::chunk_cv(chunk, (i * cs) as u64, None);
         let mut out = Vec::with_capacity(chunk.len() + FRAME_HEADER_LEN + TAG_LEN);
         seal_chunk(
             sealer,
@@ -436,7 +515,8 @@ fn encode_parallel_with(
         }
         Ok(())
     })?;
-    let checksum = Checksum(*tree_hash::root_hash(&cvs, cs as u64, plain.len() as u64).as_bytes());
+    let checksum =
+        Checksum(*tree_hash::root_hash(&cvs, cs as u64, plain.len() as u64, None).as_bytes());
     let mut out = Vec::new();
     let t = trailer(&checksum, plain.len() as u64, n as u64);
     stored += enc
@@ -447,6 +527,7 @@ fn encode_parallel_with(
         plain_len: plain.len() as u64,
         stored_len: stored,
         checksum,
+        checksum_kind: ChecksumKind::Blake3,
     })
 }
 

@@ -107,7 +107,7 @@ pub enum CodecError {
 
     /// The object was written by a newer walship.
     #[error(
-        "object {name}: format version {version} is not supported (this walship reads version 1)"
+        "object {name}: format version {version} is not supported (this walship reads versions 1 and 2)"
     )]
     UnsupportedVersion {
         /// The object.

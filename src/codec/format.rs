@@ -7,14 +7,18 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::error::CodecError;
-use super::key::KeyId;
-use super::Compression;
+use super::key::{Key, KeyId};
+use super::{CodecSettings, Compression};
 
 /// The first 8 bytes of every object (PNG-style: a non-ASCII byte, then
 /// "WSH", then CR LF SUB LF to catch text-mode mangling).
 pub const MAGIC: [u8; 8] = [0x89, b'W', b'S', b'H', 0x0D, 0x0A, 0x1A, 0x0A];
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The newest format version this code writes and reads. Version 2 differs
+/// from 1 only in header byte 12, the [`ChecksumKind`]; an object with the
+/// plain checksum is written as version 1, byte for byte as before.
+pub const FORMAT_VERSION: u8 = 2;
+/// The version of objects whose trailer holds BLAKE3 in hash mode.
+const VERSION_PLAIN_CHECKSUM: u8 = 1;
 /// Length of the object header in bytes.
 pub const HEADER_LEN: usize = 92;
 /// Length of a frame header in bytes.
@@ -44,7 +48,74 @@ pub(crate) const ENC_AES256GCM: u8 = 1;
 /// BLAKE3 `derive_key` context for the object name hash.
 const CTX_NAME: &str = "walship 2026-11-21 object name v1";
 
-/// BLAKE3-256 of an object's plaintext.
+/// Subkey context of content ids in an encrypted repository (see
+/// [`content_id`]); the chunk store has named chunks with it since its start.
+pub(crate) const CONTENT_ID_CONTEXT: &str = "walship chunk id";
+
+/// What the trailer's 32-byte checksum of the plaintext is (header byte 12
+/// from version 2 on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumKind {
+    /// BLAKE3 in hash mode (every object of format version 1).
+    Blake3,
+    /// BLAKE3 in keyed mode under `Key::subkey("walship chunk id")`: the
+    /// [`content_id`] of an encrypted repository's chunk, computed once for
+    /// deduplication and reused as the checksum instead of hashing twice.
+    /// Encrypted objects only.
+    KeyedBlake3,
+}
+
+impl ChecksumKind {
+    /// The format version an object with this checksum is written as: the
+    /// oldest that can hold it.
+    pub(crate) fn version(self) -> u8 {
+        match self {
+            ChecksumKind::Blake3 => VERSION_PLAIN_CHECKSUM,
+            ChecksumKind::KeyedBlake3 => FORMAT_VERSION,
+        }
+    }
+
+    fn to_byte(self) -> u8 {
+        match self {
+            ChecksumKind::Blake3 => 0,
+            ChecksumKind::KeyedBlake3 => 1,
+        }
+    }
+
+    /// The hasher that computes this kind of checksum; `None` when it is
+    /// keyed and there is no key.
+    pub(crate) fn hasher(self, key: Option<&Key>) -> Option<blake3::Hasher> {
+        match self {
+            ChecksumKind::Blake3 => Some(blake3::Hasher::new()),
+            ChecksumKind::KeyedBlake3 => {
+                key.map(|k| blake3::Hasher::new_keyed(&k.subkey(CONTENT_ID_CONTEXT)))
+            }
+        }
+    }
+
+    /// The checksum kind of content ids under these settings.
+    pub fn of_content_ids(settings: &CodecSettings) -> ChecksumKind {
+        match settings.key {
+            Some(_) => ChecksumKind::KeyedBlake3,
+            None => ChecksumKind::Blake3,
+        }
+    }
+}
+
+/// The content id of a plaintext: BLAKE3 keyed with
+/// `Key::subkey("walship chunk id")` when the settings encrypt (so an id
+/// tells nothing about the content to anyone without the key), plain BLAKE3
+/// otherwise. It is the checksum of an object encoded with
+/// [`encode_bytes_with_id`](super::encode_bytes_with_id).
+pub fn content_id(settings: &CodecSettings, plain: &[u8]) -> Checksum {
+    let hash = match &settings.key {
+        Some(k) => blake3::keyed_hash(&k.subkey(CONTENT_ID_CONTEXT), plain),
+        None => blake3::hash(plain),
+    };
+    Checksum(*hash.as_bytes())
+}
+
+/// A BLAKE3-256 hash: of an object's plaintext, plain or keyed ([`ChecksumKind`]).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Checksum(pub [u8; 32]);
 
@@ -95,6 +166,8 @@ impl<'de> Deserialize<'de> for Checksum {
 pub struct ObjectHeader {
     /// Format version.
     pub version: u8,
+    /// What the trailer's checksum is.
+    pub checksum: ChecksumKind,
     /// Compression used for chunks (each chunk may still be stored as is).
     pub compression: Compression,
     /// Whether chunks are AES-256-GCM encrypted.
@@ -142,7 +215,10 @@ impl ObjectHeader {
             ENC_NONE
         };
         h[11] = self.chunk_shift;
-        // 12..16 reserved, zero.
+        if self.version >= 2 {
+            h[12] = self.checksum.to_byte();
+        }
+        // 13..16 reserved, zero.
         h[16..24].copy_from_slice(&self.plain_len.to_le_bytes());
         h[24..40].copy_from_slice(&self.name_hash);
         if let Some(id) = self.key_id {
@@ -170,7 +246,7 @@ impl ObjectHeader {
         if h[0..8] != MAGIC {
             return Err(CodecError::NotAnObject { name: name.into() });
         }
-        if h[8] != FORMAT_VERSION {
+        if !(VERSION_PLAIN_CHECKSUM..=FORMAT_VERSION).contains(&h[8]) {
             return Err(CodecError::UnsupportedVersion {
                 name: name.into(),
                 version: h[8],
@@ -206,8 +282,19 @@ impl ObjectHeader {
                 format!("chunk size 2^{chunk_shift} out of range"),
             ));
         }
-        if h[12..16] != [0; 4] {
-            return Err(corrupt(12, "reserved header bytes are not zero".into()));
+        let checksum = match (h[8], h[12]) {
+            (_, 0) => ChecksumKind::Blake3,
+            (2.., 1) if encrypted => ChecksumKind::KeyedBlake3,
+            (2.., 1) => {
+                return Err(corrupt(
+                    12,
+                    "unencrypted object with a keyed checksum".into(),
+                ))
+            }
+            _ => return Err(corrupt(12, "reserved header bytes are not zero".into())),
+        };
+        if h[13..16] != [0; 3] {
+            return Err(corrupt(13, "reserved header bytes are not zero".into()));
         }
         let mut b8 = [0u8; 8];
         b8.copy_from_slice(&h[16..24]);
@@ -226,6 +313,7 @@ impl ObjectHeader {
         }
         let header = ObjectHeader {
             version: h[8],
+            checksum,
             compression,
             encrypted,
             key_id: encrypted.then_some(KeyId(id)),

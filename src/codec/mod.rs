@@ -32,8 +32,8 @@ pub use decode::{decode_in_order, decode_parallel_at, ObjectDecoder};
 pub use encode::{encode_parallel, ObjectEncoder};
 pub use error::CodecError;
 pub use format::{
-    read_header, Checksum, ObjectHeader, DEFAULT_CHUNK_SHIFT, FORMAT_VERSION, HEADER_LEN, MAGIC,
-    MAX_CHUNK_SHIFT, MIN_CHUNK_SHIFT,
+    content_id, read_header, Checksum, ChecksumKind, ObjectHeader, DEFAULT_CHUNK_SHIFT,
+    FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_CHUNK_SHIFT, MIN_CHUNK_SHIFT,
 };
 pub use key::{KdfParams, Key, KeyCheck, KeyId};
 
@@ -64,8 +64,10 @@ pub struct ObjectSummary {
     pub plain_len: u64,
     /// Stored (encoded) length in bytes.
     pub stored_len: u64,
-    /// BLAKE3-256 of the plaintext.
+    /// The trailer's checksum of the plaintext (verified when decoding).
     pub checksum: Checksum,
+    /// What kind of checksum it is: BLAKE3, or the keyed content id.
+    pub checksum_kind: ChecksumKind,
 }
 
 /// Size of the read buffer of the `std::io` helpers.
@@ -77,7 +79,33 @@ pub fn encode_bytes(
     plain: &[u8],
     settings: &CodecSettings,
 ) -> Result<(Vec<u8>, ObjectSummary), CodecError> {
-    let mut enc = ObjectEncoder::new(name, plain.len() as u64, settings);
+    encode_whole(
+        ObjectEncoder::new(name, plain.len() as u64, settings),
+        plain,
+    )
+}
+
+/// Encodes a whole object held in memory whose [`content_id`] under
+/// `settings` the caller has computed (a base-backup chunk: its id, needed
+/// first to deduplicate): the id is the trailer's checksum, so the
+/// plaintext is hashed once, not twice. Decoding verifies it like any
+/// checksum (keyed when `settings` encrypt; then the object is format
+/// version 2).
+pub fn encode_bytes_with_id(
+    name: &str,
+    plain: &[u8],
+    settings: &CodecSettings,
+    id: Checksum,
+) -> Result<(Vec<u8>, ObjectSummary), CodecError> {
+    debug_assert_eq!(id, content_id(settings, plain), "{name}: wrong content id");
+    let enc = ObjectEncoder::with_content_id(name, plain.len() as u64, settings, id)?;
+    encode_whole(enc, plain)
+}
+
+fn encode_whole(
+    mut enc: ObjectEncoder,
+    plain: &[u8],
+) -> Result<(Vec<u8>, ObjectSummary), CodecError> {
     let mut out = enc.header();
     // The largest possible output (chunks stored as is), so `out` never reallocates.
     let chunks = plain.len().div_ceil(1 << DEFAULT_CHUNK_SHIFT) + 1;

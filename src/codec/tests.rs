@@ -445,10 +445,10 @@ fn trailing_garbage_and_bad_headers_are_rejected() {
     assert_eq!(kind(&err), "Corrupt", "{err}");
     assert!(err.to_string().contains("after the trailer"));
 
-    let (mut v2, _) = encode_bytes("t", b"hello", &CodecSettings::default()).unwrap();
-    v2[8] = 2;
+    let (mut v3, _) = encode_bytes("t", b"hello", &CodecSettings::default()).unwrap();
+    v3[8] = 3;
     assert_eq!(
-        kind(&decode_both("t", &v2, None).unwrap_err()),
+        kind(&decode_both("t", &v3, None).unwrap_err()),
         "UnsupportedVersion"
     );
     assert_eq!(
@@ -669,7 +669,110 @@ fn test_vectors() -> Vec<(&'static str, String)> {
         assert_eq!(back, plain);
         out.push((label, hex::encode(&stored)));
     }
+    // Version 2: the trailer holds the keyed content id.
+    let settings = CodecSettings {
+        compression: Compression::Lz4,
+        key: Some(key.clone()),
+    };
+    let id = content_id(&settings, plain);
+    let mut enc = ObjectEncoder::with_salt_and_content_id(
+        "vector",
+        plain.len() as u64,
+        &settings,
+        10,
+        [0x5a; 32],
+        id,
+    );
+    let mut stored = enc.header();
+    enc.push(plain, &mut stored);
+    enc.finish(&mut stored).unwrap();
+    let (back, summary) = decode_both("vector", &stored, settings.key.clone()).unwrap();
+    assert_eq!((back.as_slice(), summary.checksum), (&plain[..], id));
+    out.push(("lz4+enc, content id", hex::encode(&stored)));
+    out.push(("content id", id.to_string()));
     out
+}
+
+#[test]
+fn content_id_objects_verify_the_id_in_every_mode() {
+    // Three 1 MiB chunks and a tail: the parallel decoder's keyed tree hash too.
+    let plain = wal_like(3 * CS + 4321, 21);
+    for (label, settings) in modes() {
+        let id = content_id(&settings, &plain);
+        let (stored, summary) = encode_bytes_with_id("cid", &plain, &settings, id).unwrap();
+        let h = read_header(&stored).unwrap();
+        let expect_kind = ChecksumKind::of_content_ids(&settings);
+        assert_eq!(summary.checksum_kind, expect_kind, "{label}");
+        assert_eq!(
+            (h.checksum, h.version),
+            (expect_kind, expect_kind.version())
+        );
+        if settings.key.is_none() {
+            // Unencrypted, the id is plain BLAKE3: the very object encode_bytes writes.
+            assert_eq!(h.version, 1, "{label}");
+            assert_eq!(id, Checksum::of(&plain), "{label}");
+            assert_eq!(
+                summary.checksum,
+                encode_bytes("cid", &plain, &settings).unwrap().1.checksum
+            );
+        } else {
+            assert_ne!(id, Checksum::of(&plain), "{label}: the id must be keyed");
+        }
+        let (back, dec) = decode_both("cid", &stored, key_of(&settings)).unwrap();
+        assert!(back == plain, "{label}");
+        assert_eq!(
+            (dec.checksum, dec.checksum_kind),
+            (id, expect_kind),
+            "{label}"
+        );
+
+        // A wrong id makes an object that does not decode.
+        let mut wrong = id;
+        wrong.0[0] ^= 1;
+        let mut enc = ObjectEncoder::with_salt_and_content_id(
+            "cid",
+            plain.len() as u64,
+            &settings,
+            DEFAULT_CHUNK_SHIFT,
+            [3; 32],
+            wrong,
+        );
+        let mut bad = enc.header();
+        enc.push(&plain, &mut bad);
+        enc.finish(&mut bad).unwrap();
+        let err = decode_both("cid", &bad, key_of(&settings)).unwrap_err();
+        assert_eq!(kind(&err), "Corrupt", "{label}: {err}");
+        assert!(err.to_string().contains("mismatch"), "{label}: {err}");
+    }
+}
+
+#[test]
+fn a_keyed_checksum_needs_version_2_and_encryption() {
+    let plain = b"a chunk";
+    let enc_settings = CodecSettings {
+        compression: Compression::Lz4,
+        key: Some(key(4)),
+    };
+    let id = content_id(&enc_settings, plain);
+    let (stored, _) = encode_bytes_with_id("k", plain, &enc_settings, id).unwrap();
+    // Version 1 has no checksum kind: byte 12 is reserved there.
+    let mut v1 = stored.clone();
+    v1[8] = 1;
+    let crc = crc32c::crc32c(&v1[..88]);
+    v1[88..92].copy_from_slice(&crc.to_le_bytes());
+    let err = read_header(&v1).unwrap_err();
+    assert!(err.to_string().contains("reserved"), "{err}");
+    // An unencrypted object cannot claim a keyed checksum (nobody could check it).
+    let (mut plain_obj, _) = encode_bytes("k", plain, &CodecSettings::default()).unwrap();
+    plain_obj[8] = 2;
+    plain_obj[12] = 1;
+    let crc = crc32c::crc32c(&plain_obj[..88]);
+    plain_obj[88..92].copy_from_slice(&crc.to_le_bytes());
+    let err = read_header(&plain_obj).unwrap_err();
+    assert!(err.to_string().contains("keyed checksum"), "{err}");
+    // Another key: the key id says so before any hashing.
+    let err = decode_both("k", &stored, Some(key(5))).unwrap_err();
+    assert_eq!(kind(&err), "WrongKey", "{err}");
 }
 
 #[test]

@@ -9,14 +9,15 @@
 //! <stanza>/bundles/<b[..2]>/<b>.index         the bundle's index (encoded JSON, written after it)
 //! ```
 //!
-//! A chunk's id is BLAKE3 of its plaintext, keyed with
-//! `key.subkey("walship chunk id")` when the stanza is encrypted (so the
+//! A chunk's id is its [`codec::content_id`]: BLAKE3 of its plaintext, keyed
+//! with `key.subkey("walship chunk id")` when the stanza is encrypted (so the
 //! names reveal nothing about the content: without the key nobody can test a
 //! guess), plain BLAKE3 otherwise. Every chunk is encoded by the codec under
 //! its chunk-object key [`chunk_key`], wherever it ends up (its own object or
 //! a bundle), so a chunk's encoded bytes are bound to its id: a chunk swapped
-//! for another one fails to decode. A decoded chunk is also hashed again and
-//! compared with its id.
+//! for another one fails to decode. The id is also the encoded chunk's
+//! checksum ([`codec::encode_bytes_with_id`]): the plaintext is hashed once
+//! when stored and once when read, and decoding it verifies the id.
 //!
 //! Chunks are never deleted by a backup. A failed backup leaves chunks that
 //! no manifest references: garbage a future retention command may collect
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backup::{ChunkLocation, ChunkRef};
 use super::{RepoError, Repository};
-use crate::codec::{self, CodecSettings};
+use crate::codec::{self, Checksum, CodecSettings};
 use crate::storage::{PutMode, PutOutcome};
 
 /// Plaintext size of a chunk: files are cut at every multiple of this from
@@ -53,9 +54,6 @@ pub const BUNDLE_TARGET: usize = 4 << 20;
 
 /// Format version of a bundle index.
 pub const BUNDLE_INDEX_FORMAT: u32 = 1;
-
-/// Context of the subkey that keys chunk ids.
-const CHUNK_ID_CONTEXT: &str = "walship chunk id";
 
 /// Object key of a chunk stored on its own; also the name bound into every
 /// encoding of that chunk.
@@ -84,16 +82,17 @@ pub fn is_hex_id(s: &str, len: usize) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Computes chunk ids: keyed BLAKE3 when the stanza is encrypted.
+/// Computes chunk ids: the codec's content id (keyed BLAKE3 when the stanza
+/// is encrypted).
 #[derive(Clone)]
 pub struct ChunkHasher {
-    key: Option<[u8; 32]>,
+    settings: CodecSettings,
 }
 
 impl std::fmt::Debug for ChunkHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChunkHasher")
-            .field("keyed", &self.key.is_some())
+            .field("keyed", &self.settings.key.is_some())
             .finish()
     }
 }
@@ -102,17 +101,18 @@ impl ChunkHasher {
     /// The hasher for a stanza's codec settings.
     pub fn new(codec: &CodecSettings) -> ChunkHasher {
         ChunkHasher {
-            key: codec.key.as_ref().map(|k| k.subkey(CHUNK_ID_CONTEXT)),
+            settings: codec.clone(),
         }
+    }
+
+    /// The id of a chunk with this plaintext.
+    pub fn checksum(&self, plain: &[u8]) -> Checksum {
+        codec::content_id(&self.settings, plain)
     }
 
     /// The id of a chunk with this plaintext (64 hex characters).
     pub fn id(&self, plain: &[u8]) -> String {
-        let hash = match &self.key {
-            Some(k) => blake3::keyed_hash(k, plain),
-            None => blake3::hash(plain),
-        };
-        hash.to_hex().to_string()
+        self.checksum(plain).to_string()
     }
 }
 
@@ -242,11 +242,12 @@ impl Repository {
         Ok(Some(index))
     }
 
-    /// Encodes a chunk's plaintext under its chunk key (CPU work: call it from
-    /// a blocking thread for large inputs).
-    pub fn encode_chunk(&self, id: &str, plain: &[u8]) -> Result<Vec<u8>, RepoError> {
-        let key = chunk_key(&self.stanza().name, id);
-        Ok(codec::encode_bytes(&key, plain, self.codec())?.0)
+    /// Encodes a chunk's plaintext under its chunk key, with its id
+    /// ([`ChunkHasher::checksum`] of `plain`) as the checksum (CPU work: call
+    /// it from a blocking thread for large inputs).
+    pub fn encode_chunk(&self, id: &Checksum, plain: &[u8]) -> Result<Vec<u8>, RepoError> {
+        let key = chunk_key(&self.stanza().name, &id.to_string());
+        Ok(codec::encode_bytes_with_id(&key, plain, self.codec(), *id)?.0)
     }
 
     /// Stores an encoded chunk as its own object. An existing object with
@@ -312,7 +313,7 @@ impl Repository {
                     })?
             }
         };
-        let (plain, _) = codec::decode_bytes(&name, &stored, self.codec().key.clone())?;
+        let (plain, summary) = codec::decode_bytes(&name, &stored, self.codec().key.clone())?;
         if plain.len() != chunk.len as usize {
             return Err(bad(
                 name,
@@ -324,7 +325,15 @@ impl Repository {
                 ),
             ));
         }
-        if ChunkHasher::new(self.codec()).id(&plain) != chunk.id {
+        // A chunk encoded with its id as checksum was just verified against
+        // it; one encoded before that (or copied in) is hashed here.
+        let verified = summary.checksum_kind == codec::ChecksumKind::of_content_ids(self.codec());
+        let id = if verified {
+            summary.checksum
+        } else {
+            ChunkHasher::new(self.codec()).checksum(&plain)
+        };
+        if id.to_string() != chunk.id {
             return Err(bad(
                 name,
                 format!("chunk {}: content does not match its id", chunk.id),
