@@ -14,10 +14,14 @@ use crate::repo::backup::BackupManifest;
 use crate::repo::layout;
 use crate::repo::Repository;
 
-/// The first look at the repository comes this soon after the previous one
-/// failed (the last segment is usually stored a few tens of milliseconds after
-/// the backup ends); each further wait doubles, up to [`POLL_MAX`].
-const POLL_FIRST: Duration = Duration::from_millis(20);
+/// The repository is looked at this often at first: the last segment is
+/// usually stored a few tens of milliseconds after the backup ends, and every
+/// millisecond between its arrival and our look is added to the backup's
+/// time (a look is a stat, or one HEAD request on S3).
+const POLL_FIRST: Duration = Duration::from_millis(5);
+/// How long the looks stay that frequent; then each wait doubles, up to
+/// [`POLL_MAX`].
+const POLL_FAST_FOR: Duration = Duration::from_secs(1);
 /// The longest wait between two looks at the repository.
 const POLL_MAX: Duration = Duration::from_millis(500);
 
@@ -39,6 +43,7 @@ pub async fn wait_for_wal(
     let started = Instant::now();
     let mut poll = POLL_FIRST;
     let mut next = first;
+    let mut waiting_for = None;
     while next <= last {
         let name = WalFileName::Segment { tli, segno: next };
         let key = layout::wal_object(&repo.stanza().name, &name, seg_size);
@@ -61,9 +66,14 @@ pub async fn wait_for_wal(
                 hint: WAL_HINT,
             });
         }
-        tracing::debug!(segment = %segment_file_name(tli, next, seg_size), "waiting for WAL");
+        if waiting_for != Some(next) {
+            tracing::debug!(segment = %segment_file_name(tli, next, seg_size), "waiting for WAL");
+            waiting_for = Some(next);
+        }
         tokio::time::sleep(poll).await;
-        poll = (poll * 2).min(POLL_MAX);
+        if started.elapsed() >= POLL_FAST_FOR {
+            poll = (poll * 2).min(POLL_MAX);
+        }
     }
     tracing::info!(
         first = %segment_file_name(tli, first, seg_size),
