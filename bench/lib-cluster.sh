@@ -131,14 +131,29 @@ chown -R "$BENCH_USER:" "$CLUSTER"
 
 # --- the cluster ----------------------------------------------------------------------------
 # start_cluster: initdb, archive_command archiving with every tool, pgbench -i -s $SCALE.
+# The tools archive each segment side by side, not one after another: a backup that waits for
+# its own tool's copy of the last segment (walship, pgBackRest) then does not also wait for the
+# tools before it in a chain.
 start_cluster() {
-  local ac
-  ac="pgbackrest --config=$PGBR_CONF --stanza=bench archive-push %p"
-  ac+=" && WALSHIP_REPO=$REPO_WALSHIP WALSHIP_KEY_FILE=$WALSHIP_KEY_FILE WALSHIP_STANZA=bench $WALSHIP_BIN archive-push %p"
-  if [ "$HAVE_WALRUS" = 1 ]; then
-    ac+=" && WALG_FILE_PREFIX=$REPO_WALRUS WALG_COMPRESSION_METHOD=lz4 $WALRUS_BIN wal-push %p"
-  fi
-  ac+=" && cp %p $PGARCHIVE/%f"
+  local ac=$CLUSTER/bin/archive-all
+  {
+    echo '#!/bin/sh'
+    echo '# archive_command of the benchmark cluster: archive-all %p %f'
+    echo "pgbackrest --config=$PGBR_CONF --stanza=bench archive-push \"\$1\" & pgbr=\$!"
+    echo "WALSHIP_REPO=$REPO_WALSHIP WALSHIP_KEY_FILE=$WALSHIP_KEY_FILE WALSHIP_STANZA=bench $WALSHIP_BIN archive-push \"\$1\" & ws=\$!"
+    if [ "$HAVE_WALRUS" = 1 ]; then
+      echo "WALG_FILE_PREFIX=$REPO_WALRUS WALG_COMPRESSION_METHOD=lz4 $WALRUS_BIN wal-push \"\$1\" & wr=\$!"
+    else
+      echo 'wr='
+    fi
+    echo "cp \"\$1\" \"$PGARCHIVE/\$2\" & cpy=\$!"
+    echo 'rc=0'
+    echo 'for p in $pgbr $ws $wr $cpy; do wait "$p" || rc=1; done'
+    echo 'exit $rc'
+  } >"$ac"
+  chmod 0755 "$ac"
+  # The comment names the tools: pgBackRest refuses an archive_command without "pgbackrest".
+  ac="$ac %p %f # pgbackrest, walship, wal-rus and cp side by side"
   log "initdb in $PGDATA"
   as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres -A trust -E UTF8 --locale=C >"$LOGS/initdb.log" 2>&1 ||
     die "initdb failed, see $LOGS/initdb.log"
