@@ -340,7 +340,23 @@ fn pitr_xid_whose_commit_crosses_a_segment_boundary() {
     // Another commit in the same segment: its xid alone would be that
     // segment's range if the crossing commit were not indexed.
     cluster.psql("INSERT INTO marks VALUES ('after')");
+    // A subtransaction's xid: inside the xid range of the segment that holds
+    // its transaction's commit, yet no record finishes it, so recovery to it
+    // would never stop. The pre-flight reads that segment and refuses it.
+    cluster.psql(
+        "BEGIN; INSERT INTO marks VALUES ('top'); SAVEPOINT s; \
+         INSERT INTO marks VALUES ('sub'); COMMIT",
+    );
+    let subxid = cluster.psql("SELECT xmin FROM marks WHERE name = 'sub'");
+    cluster.psql("INSERT INTO marks VALUES ('later')");
     wait_archived(&cluster);
+    let sub_dir = scratch.path("r-subxid");
+    let err = restore_fails(&env, &sub_dir, &["--target-xid", &subxid]);
+    assert!(
+        err.contains(&format!("without reaching xid {subxid}")) && err.contains("subtransaction"),
+        "{err}"
+    );
+    assert!(!sub_dir.exists(), "nothing may be written");
 
     let dir = scratch.path("r-xid");
     let plan = restore_ok_dry(&env, &dir, &["--target-xid", &xid]);

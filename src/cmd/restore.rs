@@ -64,9 +64,14 @@ pub async fn run(
             .await
             .context("cannot open the repository")?,
     );
-    let view = ArchiveView::load(&repo)
+    let mut view = ArchiveView::load(&repo)
         .await
         .context("cannot read the repository's backups and WAL catalog")?;
+    if let Target::Xid(xid) = target {
+        view.read_xid_candidates(&repo, xid)
+            .await
+            .with_context(|| format!("cannot read the WAL that may finish xid {xid}"))?;
+    }
     let allow_partial = target == Target::Latest && archive_get_allows_partial();
     let plan = make_plan(
         &view,

@@ -47,9 +47,9 @@ pub struct WalIndexEntry {
     pub commits: u64,
     /// Abort records.
     pub aborts: u64,
-    /// Smallest xid committed or aborted here.
+    /// The oldest xid committed or aborted here, in circular xid order.
     pub min_xid: Option<u32>,
-    /// Largest xid committed or aborted here.
+    /// The newest xid committed or aborted here.
     pub max_xid: Option<u32>,
     /// Restore points created in this segment.
     pub restore_points: Vec<IndexedRestorePoint>,
@@ -68,6 +68,16 @@ pub struct WalIndexEntry {
 }
 
 impl WalIndexEntry {
+    /// Whether the commit or abort of `xid` may be in this segment: `xid`
+    /// lies in its circular range (a necessary condition only: see
+    /// [`crate::pg::wal::record::finishes_xid`]).
+    pub fn may_finish_xid(&self, xid: u32) -> bool {
+        match (self.min_xid, self.max_xid) {
+            (Some(min), Some(max)) => crate::pg::wal::record::xid_in_range(xid, min, max),
+            _ => false,
+        }
+    }
+
     /// Builds the entry from a decoded summary (or the reason decoding failed).
     pub fn new(
         file: &str,

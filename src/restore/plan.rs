@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use super::target::{format_time, parse_rfc3339, Target, TimelineChoice};
 use super::RestoreError;
+use crate::pg::wal::record::finishes_xid;
 use crate::pg::wal::segment::{
     history_file_name, parse_timeline_history, segment_file_name, TimelineHistoryEntry, TimelineId,
     WalFileName, WalSegSize,
@@ -50,6 +51,11 @@ pub struct ArchiveView {
     pub index: BTreeMap<(TimelineId, u64), WalIndexEntry>,
     /// Parsed history files by timeline (timelines above 1 that have one).
     pub histories: BTreeMap<TimelineId, Vec<TimelineHistoryEntry>>,
+    /// For an xid target: the segments whose index range holds the xid,
+    /// read record by record, and whether each really finishes it
+    /// ([`ArchiveView::read_xid_candidates`]). A segment in range but not
+    /// read counts as finishing it.
+    pub xid_finished: BTreeMap<(TimelineId, u64), bool>,
 }
 
 impl ArchiveView {
@@ -81,7 +87,44 @@ impl ArchiveView {
             catalog,
             index,
             histories,
+            xid_finished: BTreeMap::new(),
         })
+    }
+
+    /// Reads every archived segment whose index range holds `xid` and records
+    /// whether a commit or abort of that top-level transaction ends in it:
+    /// the index's range alone also holds subtransaction xids and xids that
+    /// never finished, which `recovery_target_xid` never reaches. Segments
+    /// are few (those written while `xid` ran and finished) and read once.
+    pub async fn read_xid_candidates(
+        &mut self,
+        repo: &Repository,
+        xid: u32,
+    ) -> Result<(), RestoreError> {
+        let candidates: Vec<(TimelineId, u64)> = self
+            .index
+            .iter()
+            .filter(|(_, e)| e.may_finish_xid(xid))
+            .map(|(&k, _)| k)
+            .collect();
+        for (tli, segno) in candidates {
+            let name = WalFileName::Segment { tli, segno };
+            let Some(data) = repo.fetch_wal(&name).await? else {
+                continue; // gone since the listing: the walk reports it
+            };
+            let carry = repo.crossing_into(tli, segno).await;
+            match finishes_xid(&data, self.seg_size, carry.as_ref(), xid) {
+                Ok(found) => {
+                    self.xid_finished.insert((tli, segno), found);
+                }
+                Err(e) => tracing::warn!(
+                    segment = %self.name(tli, segno),
+                    error = %e,
+                    "could not read the segment's records; its xid range stands in for them"
+                ),
+            }
+        }
+        Ok(())
     }
 
     fn has_segment(&self, tli: TimelineId, segno: u64) -> bool {
@@ -674,9 +717,17 @@ fn reach(
                     Err(gap(segno, last))
                 }
                 t => Err(Miss::NotReached(format!(
-                    "the archived WAL on timeline {} ends at segment {} without reaching {t}",
+                    "the archived WAL on timeline {} ends at segment {} without reaching {t}{}",
                     path.target_tli(),
-                    name_of(segno.saturating_sub(1))
+                    name_of(segno.saturating_sub(1)),
+                    match t {
+                        Target::Xid(_) => {
+                            " (recovery stops only at the commit or abort of a top-level \
+                             transaction: a subtransaction's xid, or one still running when the \
+                             WAL ends, is never reached)"
+                        }
+                        _ => "",
+                    }
                 ))),
             };
         }
@@ -768,7 +819,8 @@ fn reach(
             }
             Target::Xid(x) => {
                 if let Some(e) = entry {
-                    if e.min_xid.is_some_and(|a| a <= *x) && e.max_xid.is_some_and(|b| *x <= b) {
+                    let finished = view.xid_finished.get(&(tli, segno)).copied();
+                    if e.may_finish_xid(*x) && finished != Some(false) {
                         if segno < consistent {
                             return Err(Miss::BeforeBackup(format!(
                                 "xid {x} finished before backup {} is consistent",
@@ -899,6 +951,7 @@ mod tests {
                     catalog: WalCatalog::default(),
                     index: BTreeMap::new(),
                     histories: BTreeMap::new(),
+                    xid_finished: BTreeMap::new(),
                 },
             }
         }
@@ -1092,6 +1145,22 @@ mod tests {
         // A target before the gap is fine.
         let p = make_plan(&v, &req(Target::Time(T0 + 41 * SEC))).unwrap();
         assert_eq!(p.segments.len(), 3);
+    }
+
+    #[test]
+    fn an_xid_in_range_that_its_segment_does_not_finish_is_looked_for_further() {
+        let mut v = simple().view;
+        // Segment 8's range holds xid 1085 (as it would a subtransaction's
+        // xid), but reading the segment found no commit or abort of it.
+        v.xid_finished.insert((1, 8), false);
+        let e = make_plan(&v, &req(Target::Xid(1085))).unwrap_err();
+        assert!(e.to_string().contains("without reaching xid 1085"), "{e}");
+        // A later segment whose range holds it too, read and finishing it.
+        let e9 = v.index.get_mut(&(1, 9)).unwrap();
+        e9.min_xid = Some(1080);
+        v.xid_finished.insert((1, 9), true);
+        let p = make_plan(&v, &req(Target::Xid(1085))).unwrap();
+        assert_eq!(p.segments.last().unwrap().file, "000000010000000000000009");
     }
 
     #[test]

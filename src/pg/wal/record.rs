@@ -745,10 +745,11 @@ pub struct SegmentSummary {
     pub commits: u64,
     /// `ABORT` and `ABORT_PREPARED` records.
     pub aborts: u64,
-    /// Smallest transaction id among commit and abort records (numeric, not
-    /// wraparound-aware; for `*_PREPARED` the prepared transaction's id).
+    /// The oldest transaction id among commit and abort records, in
+    /// PostgreSQL's circular xid order (see [`xid_precedes`]); for
+    /// `*_PREPARED` the prepared transaction's id.
     pub min_xid: Option<u32>,
-    /// Largest transaction id among commit and abort records.
+    /// The newest transaction id among commit and abort records.
     pub max_xid: Option<u32>,
     /// Restore points, in WAL order.
     pub restore_points: Vec<RestorePoint>,
@@ -761,6 +762,67 @@ pub struct SegmentSummary {
     /// segment, for that segment's summary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crossing: Option<CrossingRecord>,
+}
+
+/// Whether transaction id `a` is older than `b` in PostgreSQL's circular xid
+/// space (`TransactionIdPrecedes` for normal xids): xids wrap around after
+/// 2^32, and of two xids the one up to 2^31 behind the other is the older.
+pub fn xid_precedes(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// Widens the circular range `[min, max]` to take in `xid`.
+pub fn widen_xid_range(range: Option<(u32, u32)>, xid: u32) -> (u32, u32) {
+    match range {
+        None => (xid, xid),
+        Some((min, max)) => (
+            if xid_precedes(xid, min) { xid } else { min },
+            if xid_precedes(max, xid) { xid } else { max },
+        ),
+    }
+}
+
+/// Whether `xid` lies in the circular range `[min, max]`.
+pub fn xid_in_range(xid: u32, min: u32, max: u32) -> bool {
+    !xid_precedes(xid, min) && !xid_precedes(max, xid)
+}
+
+/// The commit or abort record of a top-level transaction, with the id it
+/// finishes; `None` for other records (and for a transaction record too short
+/// for its flags, which [`summarize_segment`] reports).
+fn finished_xid(rec: &WalRecord<'_>, pg_major: u32) -> Option<u32> {
+    if rec.rmid != RM_XACT_ID {
+        return None;
+    }
+    let op = rec.info & XLOG_XACT_OPMASK;
+    let finishes = matches!(
+        op,
+        XLOG_XACT_COMMIT | XLOG_XACT_COMMIT_PREPARED | XLOG_XACT_ABORT | XLOG_XACT_ABORT_PREPARED
+    );
+    if finishes {
+        xact_xid(rec, pg_major)
+    } else {
+        None
+    }
+}
+
+/// Whether a commit or abort record of transaction `xid` ends in this
+/// segment: the records [`summarize_segment`] counts here (with the same
+/// `carry`), looked at one by one. This is what `recovery_target_xid` stops
+/// at; the index's `[min_xid, max_xid]` only says where such a record may be
+/// (a subtransaction's xid, or one that never finished, lies in ranges too).
+pub fn finishes_xid(
+    data: &[u8],
+    seg_size: WalSegSize,
+    carry: Option<&CrossingRecord>,
+    xid: u32,
+) -> Result<bool, RecordError> {
+    let major = parse_segment_start(data)?.pg_major.unwrap_or(0);
+    let mut found = false;
+    scan_segment(data, seg_size, carry, |rec| {
+        found |= finished_xid(rec, major) == Some(xid);
+    })?;
+    Ok(found)
 }
 
 /// The transaction id a commit/abort record finishes: `xl_xid`, or for a
@@ -857,8 +919,9 @@ pub fn summarize_segment(
                 }
                 match xact_xid(rec, major) {
                     Some(xid) => {
-                        s.min_xid = Some(s.min_xid.map_or(xid, |m| m.min(xid)));
-                        s.max_xid = Some(s.max_xid.map_or(xid, |m| m.max(xid)));
+                        let (min, max) = widen_xid_range(s.min_xid.zip(s.max_xid), xid);
+                        s.min_xid = Some(min);
+                        s.max_xid = Some(max);
                     }
                     None => {
                         bad.get_or_insert(RecordError::BadRecord {
@@ -913,6 +976,26 @@ mod tests {
         WalSegSize::new(1 << 20).unwrap()
     }
 
+    #[test]
+    fn xid_ranges_follow_wraparound() {
+        assert!(xid_precedes(3, 4) && !xid_precedes(4, 3) && !xid_precedes(5, 5));
+        // Across the wrap: 4294967290 is older than 10.
+        assert!(xid_precedes(4_294_967_290, 10));
+        assert!(!xid_precedes(10, 4_294_967_290));
+        let mut r = None;
+        for xid in [4_294_967_290u32, 7, 4_294_967_295, 3] {
+            r = Some(widen_xid_range(r, xid));
+        }
+        let (min, max) = r.unwrap();
+        assert_eq!((min, max), (4_294_967_290, 7));
+        assert!(xid_in_range(4_294_967_293, min, max));
+        assert!(xid_in_range(5, min, max));
+        // Numerically between, but not in the circular range.
+        assert!(!xid_in_range(1_000_000, min, max));
+        assert!(!xid_in_range(8, min, max));
+        assert!(xid_in_range(42, 42, 42));
+    }
+
     fn check(f: &Fixture) -> SegmentSummary {
         let s = summarize_segment(&f.data, one_mib(), None).unwrap();
         let n = &f.name;
@@ -935,6 +1018,18 @@ mod tests {
         );
         assert_eq!(s.min_xid, Some(f.min_xid), "{n}");
         assert_eq!(s.max_xid, Some(f.max_xid), "{n}");
+        // The range's ends are finished here; an xid past them is not.
+        for (xid, here) in [
+            (f.min_xid, true),
+            (f.max_xid, true),
+            (f.max_xid + 1000, false),
+        ] {
+            assert_eq!(
+                finishes_xid(&f.data, one_mib(), None, xid).unwrap(),
+                here,
+                "{n}: xid {xid}"
+            );
+        }
         // Restore points: name and start, or name and end of the record.
         let mut ends = std::collections::HashMap::new();
         scan_segment(&f.data, one_mib(), None, |r| {
