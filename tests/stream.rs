@@ -565,8 +565,56 @@ fn kill_9_under_load_loses_nothing() {
         }
         load.join().unwrap();
     });
+    // Temp files of killed stores: the next start removes those an hour old.
+    // Age whatever the kills left, plant one more, and restart once more.
+    let wal_dirs: Vec<PathBuf> = fs::read_dir(&repo_dir)
+        .unwrap()
+        .flatten()
+        .flat_map(|stanza| {
+            fs::read_dir(stanza.path().join("wal"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert!(
+        !wal_dirs.is_empty(),
+        "no WAL directory in {}",
+        repo_dir.display()
+    );
+    fs::write(wal_dirs[0].join(".planted.tmp.00000000deadbeef"), b"half").unwrap();
+    let temps = || -> Vec<PathBuf> {
+        wal_dirs
+            .iter()
+            .flat_map(|d| fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
+            .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".tmp."))
+            .collect()
+    };
+    let day_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86400);
+    for t in temps() {
+        fs::File::options()
+            .write(true)
+            .open(&t)
+            .unwrap()
+            .set_modified(day_ago)
+            .unwrap();
+    }
+    streamer.kill9();
+    streamer = Streamer::start(&cluster.socket_conninfo(), &repo, &spool, &args, &log);
     let want = pgbench_state(&cluster);
     wait_for_catch_up(&cluster, &streamer, &repo, &scratch);
+    let left: Vec<PathBuf> = temps()
+        .into_iter()
+        .filter(|t| {
+            fs::metadata(t).is_ok_and(|m| m.modified().unwrap() < day_ago + Duration::from_secs(60))
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "stale temp files survived the restart: {left:?}"
+    );
     let status = streamer.stop();
     assert!(status.success(), "exit {status:?}:\n{}", streamer.log());
     assert_verify_ok(&repo);

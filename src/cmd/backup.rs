@@ -100,6 +100,10 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> anyhow::Result<ExitC
     repo.store_backup(&ingested.manifest, &ingested.server_manifest)
         .await
         .with_context(|| format!("publishing backup {id}"))?;
+    // What earlier backups killed mid-write left behind (an hour old at least).
+    for area in ["bundles", "backups"] {
+        repo.remove_stale_temps(area).await;
+    }
     let m = &ingested.manifest;
     tracing::info!(
         %id,

@@ -222,6 +222,22 @@ impl Repository {
         &self.storage
     }
 
+    /// Removes the temp files of writers killed mid-write under the stanza's
+    /// `area` (`wal`, `bundles`, ...): see [`Storage::remove_stale_temps`].
+    /// Only a convenience: a failure is logged, not returned.
+    pub async fn remove_stale_temps(&self, area: &str) {
+        let prefix = format!("{}/{area}/", self.stanza.name);
+        match self.storage.remove_stale_temps(&prefix).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                removed = n,
+                prefix,
+                "removed temp files left by writers that were killed"
+            ),
+            Err(e) => tracing::warn!(prefix, error = %e, "could not remove stale temp files"),
+        }
+    }
+
     /// The codec settings (compression and key) of this stanza.
     pub fn codec(&self) -> &CodecSettings {
         &self.codec

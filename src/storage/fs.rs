@@ -5,7 +5,8 @@
 //! for `IfAbsent`, hard-linked to it so an existing object is never replaced,
 //! then unlinked), then the directory is fsynced. Files are 0600, directories
 //! 0700; directories created on the way are fsynced into their parents. A
-//! failed write removes its temp file.
+//! failed write removes its temp file; one whose writer was killed stays
+//! until [`FsStorage::remove_stale_temps`] finds it old enough.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -202,6 +203,39 @@ impl FsStorage {
         blocking(move || list_blocking(&root, &prefix)).await
     }
 
+    /// Removes the temp files under `prefix` last modified longer than
+    /// `older_than` ago: left by a writer that was killed (kill -9, power
+    /// loss) before it could remove its own. Returns how many were removed.
+    pub(crate) async fn remove_stale_temps(
+        &self,
+        prefix: &str,
+        older_than: std::time::Duration,
+    ) -> Result<usize, StorageError> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        blocking(move || {
+            let mut stale = Vec::new();
+            walk(&root, &prefix, |found| {
+                if let Found::Temp { path, modified } = found {
+                    let age = modified.and_then(|m| m.elapsed().ok());
+                    if age.is_some_and(|a| a > older_than) {
+                        stale.push(path);
+                    }
+                }
+            })?;
+            let mut removed = 0;
+            for path in stale {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if is_missing(&e) => {}
+                    Err(e) => return Err(StorageError::from_io("remove stale temp file", path, e)),
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
     pub(crate) async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = self.path_of(key);
         blocking(move || {
@@ -380,6 +414,28 @@ fn create_dirs(dir: &Path) -> Result<(), StorageError> {
 /// Walks the tree under the deepest directory the prefix names, keeping files
 /// whose key starts with `prefix` and skipping temp files.
 fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+    let mut out = Vec::new();
+    walk(root, prefix, |found| {
+        if let Found::Object(meta) = found {
+            out.push(meta);
+        }
+    })?;
+    Ok(out)
+}
+
+/// What [`walk`] finds under a prefix.
+enum Found {
+    /// An object whose key starts with the prefix.
+    Object(ObjectMeta),
+    /// A writer's temp file in a directory the walk went through.
+    Temp {
+        path: PathBuf,
+        modified: Option<std::time::SystemTime>,
+    },
+}
+
+/// Walks the directories that can hold keys starting with `prefix`.
+fn walk(root: &Path, prefix: &str, mut found: impl FnMut(Found)) -> Result<(), StorageError> {
     let base = match prefix.rfind('/') {
         Some(i) => &prefix[..i],
         None => "",
@@ -389,7 +445,6 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageEr
     } else {
         root.join(base)
     };
-    let mut out = Vec::new();
     let mut stack = vec![(start, base.to_string())];
     while let Some((dir, key_dir)) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
@@ -406,6 +461,9 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageEr
                 continue;
             };
             if is_temp_name(name) {
+                let path = entry.path();
+                let modified = entry.metadata().ok().and_then(|m| m.modified().ok());
+                found(Found::Temp { path, modified });
                 continue;
             }
             let key = if key_dir.is_empty() {
@@ -427,15 +485,15 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageEr
                     stack.push((path, key));
                 }
             } else if meta.is_file() && key.starts_with(prefix) {
-                out.push(ObjectMeta {
+                found(Found::Object(ObjectMeta {
                     key,
                     size: meta.len(),
                     modified: meta.modified().ok(),
-                });
+                }));
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -482,6 +540,49 @@ mod tests {
             let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{}", d.display());
         }
+    }
+
+    #[tokio::test]
+    async fn stale_temp_files_are_removed_fresh_ones_and_objects_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = FsStorage::open(dir.path());
+        fs.put(
+            "main/wal/00000001/a",
+            Bytes::from_static(b"x"),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+        let wal = dir.path().join("main/wal/00000001");
+        let old = wal.join(".b.tmp.0123456789abcdef");
+        let fresh = wal.join(".c.tmp.0123456789abcdef");
+        let elsewhere = dir.path().join("main/bundles/ab/.d.tmp.0123456789abcdef");
+        std::fs::create_dir_all(elsewhere.parent().unwrap()).unwrap();
+        for p in [&old, &fresh, &elsewhere] {
+            std::fs::write(p, b"half").unwrap();
+        }
+        let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86400);
+        for p in [&old, &elsewhere] {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(two_days_ago)
+                .unwrap();
+        }
+        let day = std::time::Duration::from_secs(86400);
+        assert_eq!(fs.remove_stale_temps("main/wal/", day).await.unwrap(), 1);
+        assert!(!old.exists(), "a temp file days old is a killed writer's");
+        assert!(fresh.exists(), "a fresh one may have a writer");
+        assert!(elsewhere.exists(), "outside the prefix");
+        let keys: Vec<String> = fs
+            .list("main/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(keys, ["main/wal/00000001/a"], "temp files are never listed");
     }
 
     #[test]

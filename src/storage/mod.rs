@@ -226,6 +226,20 @@ impl Storage {
         Ok(all)
     }
 
+    /// Removes what writers killed mid-write left under `prefix`: on fs, temp
+    /// files older than [`STALE_TEMP_AFTER`] (an older one has no writer).
+    /// Returns how many.
+    /// S3 keeps no such files: an interrupted multipart upload is aborted by
+    /// its writer, or expired by the bucket's lifecycle rule when the writer
+    /// was killed (see docs/ARCHITECTURE.md, invariant 4).
+    pub async fn remove_stale_temps(&self, prefix: &str) -> Result<usize, StorageError> {
+        validate_prefix(prefix)?;
+        match self {
+            Storage::Fs(s) => s.remove_stale_temps(prefix, STALE_TEMP_AFTER).await,
+            Storage::S3(_) => Ok(0),
+        }
+    }
+
     /// Deletes `key`; deleting a missing key is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         validate_key(key)?;
@@ -443,6 +457,11 @@ fn check_path(path: &str) -> Result<(), &'static str> {
     }
     Ok(())
 }
+
+/// Age after which a temp file of the fs backend is taken for a killed
+/// writer's (see [`Storage::remove_stale_temps`]): no walship write of one
+/// object (16 MiB of WAL, a 4 MiB bundle, a manifest) takes an hour.
+pub const STALE_TEMP_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Whether a file name is one of our temp files (`.<name>.tmp.<random>`).
 pub(crate) fn is_temp_name(name: &str) -> bool {

@@ -239,6 +239,9 @@ async fn first_contact(cfg: &ConnConfig, settings: &Settings) -> Result<Reposito
     let (repo, _created) = Repository::open_or_create(settings, identity, &source)
         .await
         .map_err(StreamError::repo("opening the repository"))?;
+    // A streamer killed mid-store (kill -9) leaves a temp file in the WAL
+    // area; the restart is when to clear those an hour old or more.
+    repo.remove_stale_temps("wal").await;
     Ok(repo)
 }
 
