@@ -7,8 +7,8 @@ use super::aead::ChunkCipher;
 
 use super::error::CodecError;
 use super::format::{
-    associated_data, frame_crc, name_hash, nonce, Checksum, ChecksumKind, ObjectHeader,
-    CONTENT_ID_CONTEXT, CRC_LEN, FLAG_COMPRESSED, FLAG_FINAL, FRAME_HEADER_LEN, HEADER_LEN, MAGIC,
+    associated_data, content_id_key, frame_crc, name_hash, nonce, Checksum, ChecksumKind,
+    ObjectHeader, CRC_LEN, FLAG_COMPRESSED, FLAG_FINAL, FRAME_HEADER_LEN, HEADER_LEN, MAGIC,
     TAG_LEN, TRAILER_LEN,
 };
 use super::key::{wipe, Key};
@@ -835,7 +835,7 @@ fn decode_chunks(
     let plain_len = header.plain_len;
     let checksum_key = match (header.checksum, &key) {
         (ChecksumKind::Blake3, _) => None,
-        (ChecksumKind::KeyedBlake3, Some(k)) => Some(k.subkey(CONTENT_ID_CONTEXT)),
+        (ChecksumKind::KeyedBlake3, Some(k)) => Some(content_id_key(k)),
         (ChecksumKind::KeyedBlake3, None) => {
             return Err(dec.corrupt(12, "keyed checksum without a key".into()))
         }

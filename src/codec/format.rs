@@ -50,7 +50,12 @@ const CTX_NAME: &str = "walship 2026-11-21 object name v1";
 
 /// Subkey context of content ids in an encrypted repository (see
 /// [`content_id`]); the chunk store has named chunks with it since its start.
-pub(crate) const CONTENT_ID_CONTEXT: &str = "walship chunk id";
+const CONTENT_ID_CONTEXT: &str = "walship chunk id";
+
+/// The key of content ids and keyed checksums under `key`.
+pub(crate) fn content_id_key(key: &Key) -> [u8; 32] {
+    key.subkey(CONTENT_ID_CONTEXT)
+}
 
 /// What the trailer's 32-byte checksum of the plaintext is (header byte 12
 /// from version 2 on).
@@ -87,9 +92,7 @@ impl ChecksumKind {
     pub(crate) fn hasher(self, key: Option<&Key>) -> Option<blake3::Hasher> {
         match self {
             ChecksumKind::Blake3 => Some(blake3::Hasher::new()),
-            ChecksumKind::KeyedBlake3 => {
-                key.map(|k| blake3::Hasher::new_keyed(&k.subkey(CONTENT_ID_CONTEXT)))
-            }
+            ChecksumKind::KeyedBlake3 => key.map(|k| blake3::Hasher::new_keyed(&content_id_key(k))),
         }
     }
 
@@ -108,11 +111,40 @@ impl ChecksumKind {
 /// otherwise. It is the checksum of an object encoded with
 /// [`encode_bytes_with_id`](super::encode_bytes_with_id).
 pub fn content_id(settings: &CodecSettings, plain: &[u8]) -> Checksum {
-    let hash = match &settings.key {
-        Some(k) => blake3::keyed_hash(&k.subkey(CONTENT_ID_CONTEXT), plain),
-        None => blake3::hash(plain),
-    };
-    Checksum(*hash.as_bytes())
+    ContentIdHasher::new(settings).id(plain)
+}
+
+/// Computes [`content_id`]s with the subkey derived once, for callers that
+/// hash many plaintexts (every chunk of a backup).
+#[derive(Clone)]
+pub struct ContentIdHasher {
+    key: Option<[u8; 32]>,
+}
+
+impl fmt::Debug for ContentIdHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContentIdHasher")
+            .field("keyed", &self.key.is_some())
+            .finish()
+    }
+}
+
+impl ContentIdHasher {
+    /// The hasher of content ids under `settings`.
+    pub fn new(settings: &CodecSettings) -> ContentIdHasher {
+        ContentIdHasher {
+            key: settings.key.as_deref().map(content_id_key),
+        }
+    }
+
+    /// The content id of `plain`.
+    pub fn id(&self, plain: &[u8]) -> Checksum {
+        let hash = match &self.key {
+            Some(k) => blake3::keyed_hash(k, plain),
+            None => blake3::hash(plain),
+        };
+        Checksum(*hash.as_bytes())
+    }
 }
 
 /// A BLAKE3-256 hash: of an object's plaintext, plain or keyed ([`ChecksumKind`]).

@@ -32,8 +32,8 @@ pub use decode::{decode_in_order, decode_parallel_at, ObjectDecoder};
 pub use encode::{encode_parallel, ObjectEncoder};
 pub use error::CodecError;
 pub use format::{
-    content_id, read_header, Checksum, ChecksumKind, ObjectHeader, DEFAULT_CHUNK_SHIFT,
-    FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_CHUNK_SHIFT, MIN_CHUNK_SHIFT,
+    content_id, read_header, Checksum, ChecksumKind, ContentIdHasher, ObjectHeader,
+    DEFAULT_CHUNK_SHIFT, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_CHUNK_SHIFT, MIN_CHUNK_SHIFT,
 };
 pub use key::{KdfParams, Key, KeyCheck, KeyId};
 

@@ -83,31 +83,23 @@ pub fn is_hex_id(s: &str, len: usize) -> bool {
 }
 
 /// Computes chunk ids: the codec's content id (keyed BLAKE3 when the stanza
-/// is encrypted).
-#[derive(Clone)]
+/// is encrypted), its subkey derived once.
+#[derive(Clone, Debug)]
 pub struct ChunkHasher {
-    settings: CodecSettings,
-}
-
-impl std::fmt::Debug for ChunkHasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChunkHasher")
-            .field("keyed", &self.settings.key.is_some())
-            .finish()
-    }
+    ids: codec::ContentIdHasher,
 }
 
 impl ChunkHasher {
     /// The hasher for a stanza's codec settings.
     pub fn new(codec: &CodecSettings) -> ChunkHasher {
         ChunkHasher {
-            settings: codec.clone(),
+            ids: codec::ContentIdHasher::new(codec),
         }
     }
 
     /// The id of a chunk with this plaintext.
     pub fn checksum(&self, plain: &[u8]) -> Checksum {
-        codec::content_id(&self.settings, plain)
+        self.ids.id(plain)
     }
 
     /// The id of a chunk with this plaintext (64 hex characters).

@@ -791,18 +791,20 @@ pub fn xid_in_range(xid: u32, min: u32, max: u32) -> bool {
 /// finishes; `None` for other records (and for a transaction record too short
 /// for its flags, which [`summarize_segment`] reports).
 fn finished_xid(rec: &WalRecord<'_>, pg_major: u32) -> Option<u32> {
+    xact_end(rec).and_then(|_| xact_xid(rec, pg_major))
+}
+
+/// How a transaction record ends its transaction: `Some(true)` commit
+/// (`COMMIT`, `COMMIT_PREPARED`), `Some(false)` abort (`ABORT`,
+/// `ABORT_PREPARED`); `None` for every other record.
+fn xact_end(rec: &WalRecord<'_>) -> Option<bool> {
     if rec.rmid != RM_XACT_ID {
         return None;
     }
-    let op = rec.info & XLOG_XACT_OPMASK;
-    let finishes = matches!(
-        op,
-        XLOG_XACT_COMMIT | XLOG_XACT_COMMIT_PREPARED | XLOG_XACT_ABORT | XLOG_XACT_ABORT_PREPARED
-    );
-    if finishes {
-        xact_xid(rec, pg_major)
-    } else {
-        None
+    match rec.info & XLOG_XACT_OPMASK {
+        XLOG_XACT_COMMIT | XLOG_XACT_COMMIT_PREPARED => Some(true),
+        XLOG_XACT_ABORT | XLOG_XACT_ABORT_PREPARED => Some(false),
+        _ => None,
     }
 }
 
@@ -897,12 +899,9 @@ pub fn summarize_segment(
         }
         match rec.rmid {
             RM_XACT_ID => {
-                let op = rec.info & XLOG_XACT_OPMASK;
-                let commit = matches!(op, XLOG_XACT_COMMIT | XLOG_XACT_COMMIT_PREPARED);
-                let abort = matches!(op, XLOG_XACT_ABORT | XLOG_XACT_ABORT_PREPARED);
-                if !(commit || abort) {
+                let Some(commit) = xact_end(rec) else {
                     return;
-                }
+                };
                 let Some(time) = rec.main_data.get(..8).map(|b| le_u64(b, 0) as i64) else {
                     bad.get_or_insert(RecordError::BadRecord {
                         lsn: rec.lsn,
